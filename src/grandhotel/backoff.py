@@ -1,0 +1,40 @@
+"""Pure timing policies: retry delays and restart intensity. No I/O, no trio."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+
+def delay(tries: int, *, base_seconds: float, max_seconds: float, rng: random.Random) -> float:
+    """Exponential backoff with equal jitter for the ``tries``-th retry (1-based).
+
+    The delay lies in ``[d/2, d]`` where ``d = min(max, base * 2**(tries-1))``:
+    growing, never zero, and spread so that many failures do not retry in step.
+    """
+    capped = min(max_seconds, base_seconds * 2.0 ** max(0, tries - 1))
+    return capped / 2 + rng.uniform(0, capped / 2)
+
+
+class Intensity:
+    """At most ``limit`` restarts in any ``window_seconds`` (OTP's intensity/period).
+
+    Args:
+        limit: restarts allowed within the window.
+        window_seconds: the sliding window.
+    """
+
+    def __init__(self, limit: int, window_seconds: float) -> None:
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._times: deque[float] = deque()
+
+    def allow(self, now: float) -> bool:
+        """Record a restart at ``now``; False if it goes past the limit."""
+        while self._times and now - self._times[0] > self.window_seconds:
+            self._times.popleft()
+        self._times.append(now)
+        return len(self._times) <= self.limit
+
+    def __len__(self) -> int:
+        return len(self._times)

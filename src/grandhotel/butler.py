@@ -1,0 +1,157 @@
+"""The butler: one task per ticket that keeps the notebook and tells the guests.
+
+Theory of operation
+-------------------
+A ticket's state lives in its ``Line`` (the direct line the directory hands
+out), not in the butler's stack frame. The line holds what must outlive any one
+butler: the last good notebook, the inbox of reports, the report in hand when a
+butler fell over, and the watchers' mailboxes. ``serve`` is one butler's shift:
+it takes one report at a time, computes the next notebook with the pure
+``tickets.advance`` and then, in one step with no checkpoint in between, commits
+the notebook and pushes the events to every mailbox. A butler that raises
+therefore leaves the line exactly as it was before the report, and its
+replacement picks the same report up again (at most ``butler_redeliveries``
+times: a report that keeps crashing butlers is dropped, not redelivered forever).
+
+Pushing never waits (see ``mailbox.py``), so no guest can slow a butler down.
+Reading a live ticket (``Line.notebook``) costs no database query.
+
+Cancellation: ``serve`` is cancellable at its one checkpoint, the inbox receive;
+the report in hand, if any, stays on the line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import random
+from typing import Any
+
+import trio
+
+from grandhotel import mailbox, tickets
+
+logger = logging.getLogger(__name__)
+
+
+class ChaosCrash(RuntimeError):
+    """Raised on purpose by the fault-injection setting ``chaos_butler_crash_rate``."""
+
+
+def utc_now() -> str:
+    """The wall clock as ISO 8601 with a ``Z``, as events carry it."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(body: Any) -> str:
+    """One compact JSON text frame (encoded once, sent to every watcher)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+class Line:
+    """The butler's direct line, and what survives a butler's crash.
+
+    Args:
+        notebook: the notebook the first butler starts from.
+        token_hash: SHA-256 of the ticket's token (checked by the front desk).
+        inbox_size: reports that may wait; staff wait when it is full.
+        watcher_buffer: capacity of each watcher's mailbox.
+    """
+
+    def __init__(
+        self,
+        notebook: tickets.Notebook,
+        token_hash: bytes,
+        *,
+        inbox_size: int,
+        watcher_buffer: int,
+    ) -> None:
+        self.notebook = notebook
+        self.token_hash = token_hash
+        self.watcher_buffer = watcher_buffer
+        self.watchers: set[mailbox.Mailbox] = set()
+        self.in_hand: tickets.Report | None = None
+        self.in_hand_tries = 0
+        self.attempt_scope: trio.CancelScope | None = None
+        """The running job attempt's scope, set by the laundry (cancelled on end)."""
+        # Bounded: a worker reporting faster than the butler handles waits here.
+        self._send, self.inbox = trio.open_memory_channel[tickets.Report](inbox_size)
+        self.retired = trio.Event()
+
+    @property
+    def ticket_id(self) -> str:
+        """The ticket this line is for."""
+        return self.notebook.ticket_id
+
+    async def report(self, report: tickets.Report) -> bool:
+        """Hand a report to the butler; False if the butler has already left.
+
+        Waits only while the inbox is full. Cancellation: the report is not sent.
+        """
+        try:
+            await self._send.send(report)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def subscribe(self, after: int = 0) -> tuple[str, mailbox.Mailbox]:
+        """A snapshot frame and a mailbox that gets every later event, atomically."""
+        box = mailbox.Mailbox(self.watcher_buffer, after=max(after, self.notebook.seq))
+        if self.notebook.status.terminal:
+            box.close()
+        else:
+            self.watchers.add(box)
+        return encode(tickets.snapshot(self.notebook)), box
+
+    def unsubscribe(self, box: mailbox.Mailbox) -> None:
+        """Forget a watcher (it went away)."""
+        self.watchers.discard(box)
+
+    def publish(self, notebook: tickets.Notebook, events: list[tickets.Event]) -> None:
+        """Commit ``notebook`` and push its events to every watcher. Never waits."""
+        self.notebook = notebook
+        for event in events:
+            frame = encode(event.body)
+            coalescable = event.kind == "progress"
+            for box in self.watchers:
+                box.push(event.seq, frame, coalescable=coalescable)
+        if notebook.status.terminal:
+            self.stop_attempt()
+            for box in self.watchers:
+                box.close()
+            self.watchers.clear()
+
+    def stop_attempt(self) -> None:
+        """Cancel the running job attempt, if there is one."""
+        if self.attempt_scope is not None:
+            self.attempt_scope.cancel()
+
+    def retire(self) -> None:
+        """The last butler left: close the inbox and every mailbox."""
+        self._send.close()
+        self.inbox.close()
+        for box in self.watchers:
+            box.close()
+        self.watchers.clear()
+        self.retired.set()
+
+
+async def serve(line: Line, *, crash_rate: float = 0.0, rng: random.Random | None = None) -> None:
+    """One butler's shift: handle reports until the ticket ends, then return.
+
+    Raises whatever handling a report raised (the supervisor replaces the
+    butler); the report stays in hand on the line for the replacement.
+    """
+    while not line.notebook.status.terminal:
+        if line.in_hand is None:
+            try:
+                line.in_hand = await line.inbox.receive()
+            except trio.EndOfChannel:
+                return
+        if crash_rate and rng is not None and rng.random() < crash_rate:
+            raise ChaosCrash(f"chaos: butler of {line.ticket_id} fell over on purpose")
+        line.publish(*tickets.advance(line.notebook, line.in_hand, utc_now()))
+        line.in_hand = None
+        line.in_hand_tries = 0

@@ -1,0 +1,168 @@
+"""The personal concierge: one WebSocket session per guest connection.
+
+Theory of operation
+-------------------
+The handshake is checked before the upgrade: the ticket's token (``Authorization:
+Bearer`` or the ``bearer.<token>`` subprotocol, answered with ``bearer``) must
+match, or the guest gets the same HTTP 404 as for a ticket that does not exist.
+
+A live ticket's session subscribes to the butler's line, which hands back a
+snapshot and a mailbox atomically, so nothing falls between the two. The
+session writes the snapshot, then every frame from the mailbox; each write has
+``write_deadline_seconds`` to finish, or the guest is closed with 1008 (stuck
+reader) and may resume with ``?after=<seq>``. Meanwhile a reader task answers
+the guest's ``ping`` (a ``pong`` queued in order with the events) and forwards
+``cancel`` to checkout. After the terminal event the session closes with 1000;
+a mailbox closed without one means the server is going away: 1001.
+
+A finished ticket's session is the snapshot from the safe, the terminal event,
+and 1000.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from quart import Response, websocket
+from quart_trio import QuartTrio
+
+from grandhotel import butler, checkout, mailbox, problems, tickets, tokens
+from grandhotel.safe import vault
+
+if TYPE_CHECKING:
+    from grandhotel.hotel import Hotel
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL_PREFIX: Final = "bearer."
+CLOSE_DONE: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+PONG: Final = json.dumps({"type": "pong"})
+
+
+def handshake_token() -> tuple[str | None, str | None]:
+    """The token offered in the handshake, and the subprotocol to answer with."""
+    token = tokens.bearer(websocket.headers.get("Authorization"))
+    if token is not None:
+        return token, None
+    for offered in websocket.requested_subprotocols:
+        if offered.startswith(SUBPROTOCOL_PREFIX) and len(offered) > len(SUBPROTOCOL_PREFIX):
+            return offered[len(SUBPROTOCOL_PREFIX) :], "bearer"
+    return None, None
+
+
+def refuse(status: int, detail: str) -> Response:
+    """An HTTP answer to a handshake, before any upgrade."""
+    return Response(problems.encode(status, detail), status=status,
+                    content_type=problems.CONTENT_TYPE)  # fmt: skip
+
+
+def parse_after(raw: str | None) -> int | None:
+    """``?after=`` as a seq, or None if it is not a whole number."""
+    if raw is None:
+        return 0
+    return int(raw) if raw.isdigit() and len(raw) <= 18 else None
+
+
+class Concierge:
+    """The ``/tickets/{id}/live`` WebSocket route, bound to one hotel."""
+
+    def __init__(self, hotel: Hotel) -> None:
+        self.hotel = hotel
+
+    def install(self, app: QuartTrio) -> None:
+        """Add the WebSocket route to ``app``."""
+        app.add_websocket("/tickets/<ticket_id>/live", "live", self.live)
+
+    async def live(self, ticket_id: str) -> Response | None:
+        """One guest's session; returns an HTTP response only to refuse the upgrade."""
+        after = parse_after(websocket.args.get("after"))
+        if after is None:
+            return refuse(400, "after must be a whole number (a seq)")
+        token, subprotocol = handshake_token()
+        try:
+            found = await self.hotel.locate(ticket_id, token)
+        except vault.SafeUnavailable:
+            return refuse(503, "the safe is unreachable; try again")
+        if found is None:
+            return refuse(404, "no such ticket")
+        line, notebook = found
+        await websocket.accept(subprotocol=subprotocol)
+        if line is None:
+            await self._archived(notebook, after)
+        else:
+            await self._attend(line, after)
+        return None
+
+    async def _archived(self, notebook: tickets.Notebook, after: int) -> None:
+        await websocket.send(butler.encode(tickets.snapshot(notebook)))
+        if notebook.seq + 1 > after:
+            ending = dict(tickets.snapshot(notebook), type=notebook.status.value)
+            ending["seq"] = notebook.seq + 1
+            await websocket.send(butler.encode(ending))
+        await websocket.close(CLOSE_DONE)
+
+    async def _attend(self, line: butler.Line, after: int) -> None:
+        snapshot, box = line.subscribe(after)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._listen, line, box)
+                code = await self._deliver(snapshot, box, line)
+                nursery.cancel_scope.cancel()
+        finally:
+            line.unsubscribe(box)
+        await websocket.close(code)
+
+    async def _deliver(self, snapshot: str, box: mailbox.Mailbox, line: butler.Line) -> int:
+        """Write the snapshot and every event; return the close code."""
+        deadline = self.hotel.settings.write_deadline_seconds
+        frame: str | None = snapshot
+        while frame is not None:
+            with trio.move_on_after(deadline) as scope:
+                await websocket.send(frame)
+            if scope.cancelled_caught:
+                logger.info(
+                    "closing a watcher of %s: stuck past the write deadline", line.ticket_id
+                )
+                return CLOSE_POLICY
+            frame = await box.get()
+        return CLOSE_DONE if line.notebook.status.terminal else CLOSE_GOING_AWAY
+
+    async def _listen(self, line: butler.Line, box: mailbox.Mailbox) -> None:
+        """Answer the guest: ``ping`` -> ``pong``, ``cancel`` -> checkout."""
+        while True:
+            message = await websocket.receive()
+            request = _parse(message)
+            kind = request.get("type") if request else None
+            if kind == "ping":
+                box.push_control(PONG)
+            elif kind == "cancel":
+                await self._cancel(line, box)
+            else:
+                box.push_control(
+                    json.dumps({"type": "error", "detail": 'send {"type": "ping"} or cancel'})
+                )
+
+    async def _cancel(self, line: butler.Line, box: mailbox.Mailbox) -> None:
+        try:
+            await self.hotel.checkout.end(line, tickets.Status.CANCELLED, "cancelled by the guest")
+        except checkout.AlreadyEnded:
+            pass  # the terminal event is on its way
+        except vault.SafeUnavailable:
+            box.push_control(
+                json.dumps({"type": "error", "detail": "the safe is unreachable; try again"})
+            )
+
+
+def _parse(message: str | bytes) -> dict[str, Any] | None:
+    if isinstance(message, bytes):
+        return None
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

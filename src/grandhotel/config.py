@@ -1,0 +1,124 @@
+"""Every limit, duration and size of the hotel, in one frozen object.
+
+Units are in the names (``*_seconds``, ``*_bytes``, ``*_cents``). Values come from
+defaults, then ``GRANDHOTEL_<NAME>`` environment variables, then command-line
+flags (``cli.py``). ``HotelConfig.from_env`` is the one place that reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any, Final
+
+ENV_PREFIX: Final = "GRANDHOTEL_"
+
+
+def default_node_name() -> str:
+    """``host:pid``: unique per process on a machine, readable in the safe."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HotelConfig:
+    """The hotel's settings. Each field is also ``GRANDHOTEL_<FIELD>`` in the env."""
+
+    # --- where ---
+    database_url: str = ""
+    """libpq URL or conninfo; empty means libpq's defaults (``PG*`` variables)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    node_name: str = dataclasses.field(default_factory=default_node_name)
+    operator_token: str = ""
+    """Bearer token for operator endpoints (history); empty disables them (403)."""
+
+    # --- the safe ---
+    pool_size: int = 10
+    connect_timeout_seconds: float = 5.0
+    migrate_on_start: bool = True
+
+    # --- the front desk ---
+    max_body_bytes: int = 64 * 1024
+    listen_backlog: int = 4096
+    """Above hypercorn's 100: thousands of WebSocket clients connect at once."""
+    shutdown_grace_seconds: float = 10.0
+
+    # --- the laundry (job executor) ---
+    queue_limits: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"default": 1000})
+    """Attempts running at once per queue; a queue not listed gets ``default``."""
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    poll_interval_seconds: float = 1.0
+    """Polling fallback behind LISTEN/NOTIFY; also bounds pickup of retries."""
+    heartbeat_seconds: float = 5.0
+    node_stale_seconds: float = 30.0
+    """A node whose heartbeat is older than this is dead: its jobs are rescued."""
+    safe_retry_max_seconds: float = 5.0
+    """Longest wait between tries of a write that must land (completion, failure)."""
+
+    # --- the built-in laundry service ---
+    laundry_step_seconds: float = 2.0
+    laundry_price_per_suit_cents: int = 450
+    currency: str = "EUR"
+
+    # --- butlers and their supervisor ---
+    butler_restart_limit: int = 3
+    butler_restart_window_seconds: float = 5.0
+    butler_restart_backoff_seconds: float = 0.05
+    butler_restart_backoff_max_seconds: float = 1.0
+    butler_inbox_size: int = 64
+    butler_redeliveries: int = 2
+    """How often a message that crashed a butler is handed to its replacement."""
+    chaos_butler_crash_rate: float = 0.0
+    """FAULT INJECTION, off by default: chance that a butler raises on a message."""
+
+    # --- concierges (WebSocket watchers) ---
+    watcher_buffer_events: int = 32
+    write_deadline_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HotelConfig:
+        """Defaults, overridden by ``GRANDHOTEL_*`` variables, then by ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _parse(field.name, raw, _default_of(field))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def queue_limit(self, queue: str) -> int:
+        """How many attempts of ``queue`` may run at once."""
+        return self.queue_limits.get(queue, self.queue_limits.get("default", 1))
+
+
+def _default_of(field: dataclasses.Field[Any]) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    factory: Any = field.default_factory
+    return factory()
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    """Parse ``raw`` as the type of ``default``; raise ValueError naming the setting."""
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Mapping):
+            # "default=1000,mail=10"
+            pairs = (item.split("=", 1) for item in raw.split(",") if item.strip())
+            return {k.strip(): int(v) for k, v in pairs}
+    except ValueError as ex:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: cannot parse {raw!r}") from ex
+    return raw

@@ -1,0 +1,240 @@
+"""The front desk: the HTTP API (tickets, health, guest history).
+
+``POST /tickets`` validates the request against the service's argument schema,
+writes ticket + job + audit event in one statement, hires the butler (whose line
+is in the directory before the 201 leaves) and returns the ticket with its token,
+shown once. Reads of a live ticket come from the butler's notebook and cost no
+query; finished tickets come from the safe with their record. Every error is
+``application/problem+json``; a wrong or missing token looks exactly like a
+ticket that does not exist (404).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from grandhotel import butler, checkout, concierge, problems, tickets, tokens
+from grandhotel.safe import vault
+
+if TYPE_CHECKING:
+    from grandhotel.hotel import Hotel
+
+logger = logging.getLogger(__name__)
+
+GUEST_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+TICKET_FIELDS: Final = frozenset({"service", "args", "guest"})
+HISTORY_LIMIT_MAX: Final = 500
+READY_TIMEOUT_SECONDS: Final = 2.0
+
+
+def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response."""
+    return Response(json.dumps(body), status=status, headers=headers,
+                    content_type="application/json")  # fmt: skip
+
+
+def problem_reply(problem: problems.Problem) -> Response:
+    """A problem+json response."""
+    return Response(json.dumps(problem.body()), status=problem.status,
+                    headers=problem.headers, content_type=problems.CONTENT_TYPE)  # fmt: skip
+
+
+def parse_ticket_id(raw: str) -> uuid.UUID:
+    """The ticket id of a path, or the same 404 as an unknown ticket."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise problems.Problem(404, "no such ticket") from None
+
+
+def request_hash(body: dict[str, Any]) -> bytes:
+    """What makes two requests 'the same' for an idempotency key."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+class FrontDesk:
+    """The HTTP routes, bound to one hotel."""
+
+    def __init__(self, hotel: Hotel) -> None:
+        self.hotel = hotel
+
+    def install(self, app: QuartTrio) -> None:
+        """Add the routes and error handlers to ``app``."""
+        app.add_url_rule("/tickets", "create", self.create, methods=["POST"])
+        app.add_url_rule("/tickets/<ticket_id>", "read", self.read, methods=["GET"])
+        app.add_url_rule("/tickets/<ticket_id>", "cancel", self.cancel, methods=["DELETE"])
+        app.add_url_rule("/guests/<guest>/history", "history", self.history, methods=["GET"])
+        app.add_url_rule("/healthz", "healthz", self.healthz, methods=["GET"])
+        app.add_url_rule("/readyz", "readyz", self.readyz, methods=["GET"])
+        app.register_error_handler(problems.Problem, problem_reply)
+        app.register_error_handler(HTTPException, self._http_error)
+        app.register_error_handler(vault.SafeUnavailable, self._safe_away)
+
+    # --- tickets -----------------------------------------------------------------
+
+    async def create(self) -> Response:
+        """``POST /tickets``: validate, write, hire, answer 201 with the token."""
+        body = await self._json_body()
+        service, args, guest = self._validate(body)
+        hotel = self.hotel
+        key = request.headers.get("Idempotency-Key")
+        token = tokens.mint()
+        ticket_id = uuid.uuid4()
+        new = vault.NewTicket(
+            id=ticket_id, guest=guest, service=service.name, args=args,
+            butler=tickets.butler_name(ticket_id), token_hash=tokens.digest(token),
+            total=service.total(args), queue=service.queue,
+            max_attempts=service.max_attempts or hotel.settings.max_attempts,
+            idempotency_key=key, request_hash=request_hash(body) if key else None,
+        )  # fmt: skip
+        row = await hotel.safe.insert_ticket(new)
+        if row is None:
+            return await self._replay(key or "", new)
+        created = vault.plain(row)["created_at"]
+        notebook = tickets.Notebook(
+            ticket_id=str(ticket_id), guest=guest, service=service.name, args=args,
+            butler=new.butler, status=tickets.Status.QUEUED, done=0, total=new.total,
+            message=None, seq=tickets.first_seq(0), attempt=0,
+            created_at=created, updated_at=created,
+        )  # fmt: skip
+        hotel.supervisor.hire(notebook, new.token_hash)
+        location = f"/tickets/{ticket_id}"
+        return reply(tickets.view(notebook, token=token), 201, {"Location": location})
+
+    async def read(self, ticket_id: str) -> Response:
+        """``GET /tickets/{id}``: live from memory, finished from the safe."""
+        _, notebook = await self._find(parse_ticket_id(ticket_id))
+        return reply(tickets.view(notebook))
+
+    async def cancel(self, ticket_id: str) -> Response:
+        """``DELETE /tickets/{id}``: end the ticket ``cancelled``; 409 if it ended."""
+        parsed = parse_ticket_id(ticket_id)
+        line, notebook = await self._find(parsed)
+        if notebook.status.terminal or line is None:
+            raise problems.Problem(409, f"the ticket has already ended: {notebook.status}")
+        try:
+            await self.hotel.checkout.end(line, tickets.Status.CANCELLED, "cancelled by the guest")
+        except checkout.AlreadyEnded as ended:
+            outcome = ended.record["outcome"] if ended.record else "ended"
+            raise problems.Problem(409, f"the ticket has already ended: {outcome}") from None
+        return reply(tickets.view((await self._find(parsed))[1]), 202)
+
+    # --- operators and probes ------------------------------------------------------
+
+    async def history(self, guest: str) -> Response:
+        """``GET /guests/{guest}/history``: the guest's records (operator token)."""
+        self._require_operator()
+        if not GUEST_PATTERN.fullmatch(guest):
+            raise problems.Problem(422, "guest must be 1-64 of A-Z a-z 0-9 . _ : @ -")
+        limit = self._limit(request.args.get("limit", "100"))
+        records = await self.hotel.safe.guest_history(guest, limit)
+        return reply({"guest": guest, "records": records})
+
+    async def healthz(self) -> Response:
+        """``GET /healthz``: the process is alive."""
+        return reply({"status": "ok"})
+
+    async def readyz(self) -> Response:
+        """``GET /readyz``: the safe answers and the hotel takes work."""
+        if self.hotel.draining:
+            raise problems.Problem(503, "the hotel is shutting down")
+        with trio.move_on_after(READY_TIMEOUT_SECONDS):
+            await self.hotel.safe.ping()
+            return reply({"status": "ready", "node": self.hotel.settings.node_name})
+        raise problems.Problem(503, "the safe does not answer")
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _token(self) -> str | None:
+        return tokens.bearer(request.headers.get("Authorization"))
+
+    async def _find(self, ticket_id: uuid.UUID) -> tuple[butler.Line | None, tickets.Notebook]:
+        found = await self.hotel.locate(ticket_id, self._token())
+        if found is None:
+            raise problems.Problem(404, "no such ticket")
+        return found
+
+    def _require_operator(self) -> None:
+        expected = self.hotel.settings.operator_token
+        if not expected:
+            raise problems.Problem(403, "operator endpoints are off: no operator token is set")
+        presented = self._token() or ""
+        if not tokens.matches(presented, tokens.digest(expected)):
+            raise problems.Problem(
+                401, "an operator token is required", {"WWW-Authenticate": "Bearer"}
+            )
+
+    @staticmethod
+    def _limit(raw: str) -> int:
+        if not raw.isdigit() or not 1 <= int(raw) <= HISTORY_LIMIT_MAX:
+            raise problems.Problem(422, f"limit must be a whole number 1..{HISTORY_LIMIT_MAX}")
+        return int(raw)
+
+    async def _json_body(self) -> dict[str, Any]:
+        if request.mimetype != "application/json":
+            raise problems.Problem(415, "send the request as application/json")
+        raw = await request.get_data(as_text=False)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise problems.Problem(400, "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise problems.Problem(422, "the body must be a JSON object")
+        return body
+
+    def _validate(self, body: dict[str, Any]) -> tuple[Any, dict[str, Any], str]:
+        unknown = sorted(set(body) - TICKET_FIELDS)
+        if unknown:
+            raise problems.Problem(422, f"unknown field(s): {', '.join(unknown)}")
+        name, guest = body.get("service"), body.get("guest")
+        service = self.hotel.catalogue.get(name) if isinstance(name, str) else None
+        if service is None:
+            offered = ", ".join(sorted(s.name for s in self.hotel.catalogue))
+            raise problems.Problem(422, f"service must be one of: {offered}")
+        if not isinstance(guest, str) or not GUEST_PATTERN.fullmatch(guest):
+            raise problems.Problem(422, "guest must be 1-64 of A-Z a-z 0-9 . _ : @ -")
+        try:
+            args = service.args.validate(body.get("args", {}))
+        except ValueError as ex:
+            raise problems.Problem(422, str(ex)) from None
+        return service, args, guest
+
+    async def _replay(self, key: str, new: vault.NewTicket) -> Response:
+        earlier = await self.hotel.safe.ticket_by_idempotency_key(key)
+        if earlier is None or bytes(earlier["request_hash"]) != new.request_hash:
+            raise problems.Problem(422, "this Idempotency-Key was used with a different request")
+        found = await self.hotel.locate(earlier["id"], None, check_token=False)
+        if found is None:
+            raise problems.Problem(409, "the ticket of this Idempotency-Key is gone")
+        notebook = found[1]
+        return reply(tickets.view(notebook), 200, {"Location": f"/tickets/{earlier['id']}"})
+
+    async def _http_error(self, error: HTTPException) -> Response:
+        status = error.code or 500
+        return problem_reply(problems.Problem(status, error.description or error.name))
+
+    async def _safe_away(self, error: vault.SafeUnavailable) -> Response:
+        logger.warning("the safe is unreachable: %s", error)
+        return problem_reply(
+            problems.Problem(503, "the safe is unreachable; try again", {"Retry-After": "1"})
+        )
+
+
+def make_app(hotel: Hotel) -> QuartTrio:
+    """The ASGI app: front desk routes plus the concierge's WebSocket."""
+    app = QuartTrio("grandhotel")
+    app.config["MAX_CONTENT_LENGTH"] = hotel.settings.max_body_bytes
+    FrontDesk(hotel).install(app)
+    concierge.Concierge(hotel).install(app)
+    return app

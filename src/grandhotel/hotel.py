@@ -1,0 +1,196 @@
+"""The hotel: the one root nursery that starts, wires and stops everything.
+
+Start-up order: migrate the safe; open the butlers' quarters (supervisor); hire
+a butler for every unfinished ticket in the safe; start the heartbeat and the
+laundry; open the doors (hypercorn on the hotel's own trio run). ``run`` reports
+the bound addresses through ``task_status`` once the doors are open.
+
+Stopping (``stop``, called on SIGINT/SIGTERM) drains in order: ``/readyz`` turns
+503 and the laundry stops claiming; running attempts get
+``shutdown_grace_seconds`` to finish; the rest are cancelled and their jobs
+released back to ``available`` (not counted as failures); butlers retire, which
+closes every watcher with 1001; the doors close; the node deregisters.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from grandhotel import (
+    butler,
+    checkout,
+    config,
+    directory,
+    front_desk,
+    laundry,
+    services,
+    supervisor,
+    tickets,
+    tokens,
+)
+from grandhotel.safe import pool, vault
+from grandhotel.services import laundry as laundry_service
+
+logger = logging.getLogger(__name__)
+
+Located = tuple[butler.Line | None, tickets.Notebook]
+
+
+def default_catalogue(settings: config.HotelConfig) -> services.Catalogue:
+    """The built-in services: the laundry."""
+    return services.Catalogue(
+        laundry_service.make(settings.laundry_step_seconds, settings.laundry_price_per_suit_cents)
+    )
+
+
+async def _scoped(
+    run: Callable[..., Awaitable[None]], *, task_status: trio.TaskStatus[trio.CancelScope]
+) -> None:
+    """Run a component under its own cancel scope, handed to the caller when started."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run)
+            task_status.started(scope)
+
+
+class Hotel:
+    """One hotel node.
+
+    Args:
+        settings: the config.
+        catalogue: the services on offer (default: the built-in laundry).
+        rng: randomness for jitter and fault injection (seed it in tests).
+    """
+
+    def __init__(
+        self,
+        settings: config.HotelConfig,
+        catalogue: services.Catalogue | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalogue = catalogue or default_catalogue(settings)
+        rng = rng or random.Random()
+        self.pool = pool.Pool(
+            settings.database_url, size=settings.pool_size,
+            connect_timeout_seconds=settings.connect_timeout_seconds,
+        )  # fmt: skip
+        self.safe = vault.Vault(self.pool)
+        self.lines: directory.Directory[butler.Line] = directory.Directory()
+        self.checkout = checkout.Checkout(settings, self.safe, self.catalogue)
+        self.supervisor = supervisor.Supervisor(settings, self.lines, self.checkout.give_up, rng)
+        self.laundry = laundry.Laundry(settings, self.safe, self.catalogue, self.lines, rng)
+        self.draining = False
+        self.binds: list[str] = []
+        self._stop = trio.Event()
+        self._doors_closed = trio.Event()
+
+    def stop(self) -> None:
+        """Begin a graceful stop (safe to call more than once, from any task)."""
+        self._stop.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the hotel until ``stop``; report the bound addresses when serving."""
+        try:
+            if self.settings.migrate_on_start:
+                await self.safe.migrate()
+            async with trio.open_nursery() as nursery:
+                quarters = await nursery.start(_scoped, self.supervisor.run)
+                await self._hire_unfinished()
+                heart = await nursery.start(_scoped, self._heartbeat)
+                staff = await nursery.start(_scoped, self.laundry.run)
+                self.binds = await nursery.start(self._serve)
+                task_status.started(self.binds)
+                await self._stop.wait()
+                await self._drain(staff, quarters)
+                heart.cancel()
+        finally:
+            await self.pool.aclose()
+
+    async def _heartbeat(self, *, task_status: trio.TaskStatus[None]) -> None:
+        await laundry.heartbeat(self.settings, self.safe, task_status=task_status)
+
+    async def _serve(self, *, task_status: trio.TaskStatus[list[str]]) -> None:
+        hc = hypercorn.config.Config()
+        hc.bind = [f"{self.settings.host}:{self.settings.port}"]
+        hc.backlog = self.settings.listen_backlog
+        hc.graceful_timeout = self.settings.shutdown_grace_seconds
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        app = front_desk.make_app(self)
+        await hypercorn.trio.serve(
+            app, hc, shutdown_trigger=self._doors_closed.wait, task_status=task_status
+        )
+
+    async def _drain(self, staff: trio.CancelScope, quarters: trio.CancelScope) -> None:
+        logger.info("draining: no new work; %d job(s) running", sum(self.laundry.running.values()))
+        self.draining = True
+        self.laundry.accepting = False
+        with trio.move_on_after(self.settings.shutdown_grace_seconds):
+            await self.laundry.wait_idle()
+        staff.cancel()
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(self.settings.shutdown_grace_seconds),
+        ):
+            released = await self._quietly(self.safe.release_jobs(self.settings.node_name))
+            if released:
+                logger.info("released %d running job(s) back to the queue", released)
+        quarters.cancel()
+        self._doors_closed.set()
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(self.settings.shutdown_grace_seconds),
+        ):
+            await self._quietly(self.safe.deregister_node(self.settings.node_name))
+
+    @staticmethod
+    async def _quietly(write: Awaitable[Any]) -> Any:
+        try:
+            return await write
+        except vault.SafeUnavailable as ex:
+            logger.warning("could not write to the safe while stopping: %s", ex)
+            return None
+
+    async def _hire_unfinished(self) -> None:
+        rows = await self.safe.hire_unfinished()
+        for row in rows:
+            notebook = tickets.restore(vault.plain(row), tickets.first_seq(row["epoch"]))
+            self.supervisor.hire(notebook, bytes(row["token_hash"]))
+        if rows:
+            logger.info("hired butlers for %d unfinished ticket(s)", len(rows))
+
+    async def locate(
+        self, ticket_id: uuid.UUID | str, token: str | None, *, check_token: bool = True
+    ) -> Located | None:
+        """A ticket the token may see: its live line (if any) and notebook.
+
+        Live tickets cost no query. Returns None for a ticket that does not exist
+        and for a wrong or missing token alike, with the same work done.
+        """
+        try:
+            key = uuid.UUID(str(ticket_id))
+        except ValueError:
+            return None
+        line = self.lines.lookup(str(key))
+        if line is not None and (not check_token or tokens.matches(token, line.token_hash)):
+            return line, line.notebook
+        row = await self.safe.ticket(key)
+        if row is None or (check_token and not tokens.matches(token, bytes(row["token_hash"]))):
+            return None
+        line = self.lines.lookup(str(key))
+        if line is not None:
+            return line, line.notebook
+        record = await self.safe.record(key) if row["record_id"] is not None else None
+        seq = tickets.archive_seq(row["epoch"])
+        return None, tickets.restore(vault.plain(row), seq, record)

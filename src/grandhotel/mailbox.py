@@ -1,0 +1,96 @@
+"""A watcher's mailbox: a bounded buffer that coalesces progress and never blocks.
+
+Theory of operation
+-------------------
+The butler pushes every event to every watcher's mailbox with ``push``, which
+never waits: a slow guest must not slow the butler or the other guests. Each
+mailbox holds at most ``capacity`` coalescable items (progress). When it is full,
+the queued progress frames are dropped and the new one is kept: progress events
+carry the whole state (done, total, percent, message), so the guest reads the
+latest state, never a stale one. Status changes and the terminal event are never
+dropped; there are only a handful per ticket, so memory stays bounded.
+
+Seqs stay strictly increasing for the reader: items are only ever removed, and
+appended in the order the butler numbered them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+import trio
+
+
+class Item(NamedTuple):
+    """One frame waiting to be written to a guest."""
+
+    seq: int
+    frame: str
+    coalescable: bool
+
+
+class Mailbox:
+    """The bounded, coalescing buffer between a butler and one watcher.
+
+    Args:
+        capacity: how many progress frames may wait before they are coalesced.
+        after: frames with ``seq <= after`` are not delivered (resume).
+    """
+
+    def __init__(self, capacity: int, after: int = 0) -> None:
+        self.capacity = capacity
+        self.after = after
+        self.coalesced = 0
+        """How many progress frames were dropped in favour of a newer one."""
+        self.closed = False
+        self._items: deque[Item] = deque()
+        self._progress = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, seq: int, frame: str, *, coalescable: bool) -> None:
+        """Queue a frame without ever waiting (coalescing progress when full)."""
+        if self.closed or seq <= self.after:
+            return
+        if coalescable:
+            if self._progress >= self.capacity:
+                self._drop_progress()
+            self._progress += 1
+        self._items.append(Item(seq, frame, coalescable))
+        self._lot.unpark_all()
+
+    def push_control(self, frame: str) -> None:
+        """Queue an unnumbered frame (a ``pong``) in order with the rest."""
+        if not self.closed:
+            self._items.append(Item(0, frame, False))
+            self._lot.unpark_all()
+
+    def close(self) -> None:
+        """No more frames will come; the reader drains what is queued, then stops."""
+        self.closed = True
+        self._lot.unpark_all()
+
+    async def get(self) -> str | None:
+        """The next frame, waiting if there is none; None once closed and drained.
+
+        Cancellation: safe; no frame is lost by a cancelled ``get``.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._items:
+            if self.closed:
+                return None
+            await self._lot.park()
+        item = self._items.popleft()
+        if item.coalescable:
+            self._progress -= 1
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return item.frame
+
+    def _drop_progress(self) -> None:
+        kept = deque(item for item in self._items if not item.coalescable)
+        self.coalesced += len(self._items) - len(kept)
+        self._items = kept
+        self._progress = 0

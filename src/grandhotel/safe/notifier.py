@@ -1,0 +1,101 @@
+"""LISTEN/NOTIFY: wakes the laundry when jobs become ready, and stays healthy.
+
+One dedicated connection LISTENs on ``grandhotel_jobs``; each notification's
+payload is a queue name, handed to ``wake(queue)``. The connection is
+health-checked every ``health_seconds`` with a bounded round trip, because a
+half-open connection would otherwise wait forever while notifications are lost;
+when the check or the socket fails, the connection is replaced with backoff.
+Polling in the laundry bounds job pickup while the listener is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Final
+
+import psycopg
+import trio
+
+from grandhotel import backoff
+from grandhotel.safe import bridge, pool, sql
+
+logger = logging.getLogger(__name__)
+
+CHANNEL: Final = "grandhotel_jobs"
+"""The channel ``queries.sql`` LISTENs and NOTIFYs on."""
+
+
+class Notifier:
+    """Keeps one LISTEN connection alive and forwards what it hears.
+
+    Args:
+        connections: where to open the listening connection.
+        wake: called with the payload (a queue name) of each notification.
+        health_seconds: how long the connection may be silent before a check.
+        retry_max_seconds: the longest backoff between reconnects.
+    """
+
+    def __init__(
+        self,
+        connections: pool.Pool,
+        wake: Callable[[str], None],
+        *,
+        health_seconds: float,
+        retry_max_seconds: float,
+    ) -> None:
+        self.pool = connections
+        self.wake = wake
+        self.health_seconds = health_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self.connected = False
+        self.reconnects = 0
+        self.backend_pid: int | None = None
+        self._rng = random.Random()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled, reconnecting as needed.
+
+        Reports started at once: the laundry polls until the first LISTEN lands.
+        """
+        task_status.started()
+        failures = 0
+        while True:
+            try:
+                await self._listen()
+            except (psycopg.Error, OSError, trio.TooSlowError) as ex:
+                failures += 1
+                self.connected = False
+                logger.warning("LISTEN connection lost (%s); reconnecting", type(ex).__name__)
+            delay = backoff.delay(
+                failures, base_seconds=0.1, max_seconds=self.retry_max_seconds, rng=self._rng
+            )
+            await trio.sleep(delay)
+
+    async def _listen(self) -> None:
+        conn = await self.pool.open_connection()
+        try:
+            conn.add_notify_handler(lambda note: self.wake(note.payload))
+            await conn.execute(sql.QUERIES["listen"])
+            self.connected = True
+            self.reconnects += 1
+            self.backend_pid = conn.info.backend_pid
+            # Whatever became ready while nobody listened is found by this wake.
+            self.wake("")
+            while True:
+                await self._wait_for_notifications(conn)
+        finally:
+            self.connected = False
+            conn.abandon()
+
+    async def _wait_for_notifications(self, conn: bridge.TrioConnection) -> None:
+        with trio.move_on_after(self.health_seconds):
+            await trio.lowlevel.wait_readable(conn.pgconn.socket)
+            conn.pgconn.consume_input()
+            while (note := conn.pgconn.notifies()) is not None:
+                self.wake(note.extra.decode())
+            return
+        # Silent for a while: prove the connection still answers, in bounded time.
+        with trio.fail_after(self.health_seconds):
+            await conn.execute(sql.QUERIES["ping"])

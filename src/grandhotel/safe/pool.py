@@ -1,0 +1,111 @@
+"""A small trio-native connection pool for ``TrioConnection``.
+
+Theory of operation: at most ``size`` connections exist; a borrower takes an idle
+one or opens a new one while under the limit, otherwise waits (fairly, FIFO) on a
+``trio.Semaphore``. A connection comes back in one of three states, decided by
+libpq's transaction status: IDLE (reused), INTRANS/INERROR (left by a cancel
+between statements: rolled back, shielded and bounded in time, then reused) or
+anything else (closed and forgotten). Broken connections are therefore never
+handed out twice, and a database that went away costs each borrower one failed
+connect, which the caller sees as ``psycopg.OperationalError``.
+
+psycopg_pool's AsyncConnectionPool is not used: it is asyncio-only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+import trio
+from psycopg import pq
+
+from grandhotel.safe import bridge
+
+logger = logging.getLogger(__name__)
+
+_IDLE = pq.TransactionStatus.IDLE
+_IN_TRANSACTION = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
+
+
+class Pool:
+    """Hands out ``TrioConnection``s (autocommit on) to one borrower at a time.
+
+    Args:
+        conninfo: libpq connection string or URL (``PG*`` variables fill gaps).
+        size: the most connections open at once.
+        connect_timeout_seconds: bound on opening one connection.
+        rollback_timeout_seconds: bound on cleaning up a returned connection.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        size: int,
+        connect_timeout_seconds: float,
+        rollback_timeout_seconds: float = 5.0,
+    ) -> None:
+        self.conninfo = conninfo
+        self.size = size
+        self.connect_timeout_seconds = connect_timeout_seconds
+        self.rollback_timeout_seconds = rollback_timeout_seconds
+        self._idle: deque[bridge.TrioConnection] = deque()
+        self._slots = trio.Semaphore(size)
+        self.borrowed = 0
+        """How many times a connection was handed out (tests count queries with it)."""
+        self.opened = 0
+
+    async def open_connection(self) -> bridge.TrioConnection:
+        """A new autocommit connection outside the pool (for LISTEN, say)."""
+        with trio.fail_after(self.connect_timeout_seconds):
+            try:
+                conn = await bridge.TrioConnection.connect(self.conninfo, autocommit=True)
+            except trio.TooSlowError as ex:
+                raise psycopg.OperationalError("connection timeout expired") from ex
+        self.opened += 1
+        return conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[bridge.TrioConnection]:
+        """Borrow a connection for the body of the ``async with``.
+
+        Cancellation: waiting for a slot or connecting is cancellable; a
+        connection cancelled mid-statement is closed, not reused.
+        """
+        async with self._slots:
+            conn = await self._take()
+            self.borrowed += 1
+            try:
+                yield conn
+            finally:
+                await self._give_back(conn)
+
+    async def _take(self) -> bridge.TrioConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed and conn.pgconn.status == pq.ConnStatus.OK:
+                return conn
+        return await self.open_connection()
+
+    async def _give_back(self, conn: bridge.TrioConnection) -> None:
+        status = conn.pgconn.transaction_status
+        if not conn.closed and status in _IN_TRANSACTION:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.rollback_timeout_seconds):
+                try:
+                    await conn.rollback()
+                except psycopg.Error:
+                    conn.abandon()
+            status = conn.pgconn.transaction_status
+        if conn.closed or status != _IDLE:
+            conn.abandon()
+            return
+        self._idle.append(conn)
+
+    async def aclose(self) -> None:
+        """Close every idle connection (borrowed ones close when returned late)."""
+        while self._idle:
+            self._idle.pop().abandon()

@@ -1,0 +1,32 @@
+"""The built-in ``laundry`` service: one step per suit, a price per suit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from grandhotel import schemas, services
+
+ARGS = schemas.Object(
+    {"suits": schemas.Integer(minimum=1, maximum=100, description="Suits to clean.")}
+)
+
+
+def make(step_seconds: float, price_per_suit_cents: int) -> services.Service:
+    """The laundry, cleaning a suit every ``step_seconds``."""
+
+    async def clean_suits(ctx: services.Context) -> dict[str, Any]:
+        suits: int = ctx.args["suits"]
+        for suit in range(1, suits + 1):
+            await trio.sleep(step_seconds)  # cleaning suit number `suit`
+            await ctx.progress(suit, suits, f"Suit {suit}/{suits} complete")
+        return {"suits_cleaned": suits}
+
+    return services.Service(
+        name="laundry",
+        args=ARGS,
+        run=clean_suits,
+        total=lambda args: int(args["suits"]),
+        bill=lambda args, done: price_per_suit_cents * done,
+    )

@@ -1,0 +1,162 @@
+"""The butler manager: hires butlers, replaces sick ones, and lets them retire.
+
+Theory of operation
+-------------------
+Every ticket gets one task in the supervisor's nursery (``_tend``). The task
+registers the ticket's line in the directory *before* it is started (``hire`` is
+synchronous), runs butler shifts (``butler.serve``) one after another, and
+removes the entry in a ``finally`` however it ends. So an entry exists exactly
+while a butler is on duty, and one ticket's trouble never reaches the nursery:
+``_tend`` catches what a butler raises, so no sibling is cancelled.
+
+Restart policy, per butler ("transient" children in OTP's terms): a butler that
+returns has finished its ticket and is not replaced; one that raises is replaced
+after a jittered, growing backoff, unless it raised more than
+``butler_restart_limit`` times within ``butler_restart_window_seconds``. Then the
+ticket is failed with a reason (``give_up``: the safe's fenced write, the job
+attempt cancelled) and its watchers get ``failed``. Elixir applies its default
+3-in-5-s limit to the whole supervisor, which would take every butler down after
+four crashes anywhere; here the limit is per butler, and the hotel-wide count is
+only reported (``restarts``).
+
+A replacement starts from the line: last good notebook, same watchers, same
+seq, the report in hand redelivered at most ``butler_redeliveries`` times.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from grandhotel import backoff, butler, config, directory, tickets
+
+logger = logging.getLogger(__name__)
+
+GiveUp = Callable[[butler.Line, str], Awaitable[None]]
+"""Ends a ticket whose butlers keep failing (writes the safe, tells the guests)."""
+
+
+class Supervisor:
+    """Hires one supervised butler per ticket.
+
+    Args:
+        settings: the hotel's config.
+        lines: the directory the supervisor keeps true.
+        give_up: called once when a ticket's butlers crashed past the limit.
+        rng: randomness for jitter and fault injection (seed it in tests).
+    """
+
+    def __init__(
+        self,
+        settings: config.HotelConfig,
+        lines: directory.Directory[butler.Line],
+        give_up: GiveUp,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.lines = lines
+        self.give_up = give_up
+        self.rng = rng or random.Random()
+        self.restarts = 0
+        """Butler restarts since start-up, hotel-wide (operators read it)."""
+        self.given_up = 0
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the butlers' nursery open until cancelled.
+
+        Cancellation: every butler is cancelled with it; their lines retire.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def hire(self, notebook: tickets.Notebook, token_hash: bytes) -> butler.Line:
+        """Put a butler on duty for ``notebook``'s ticket; return its line.
+
+        The directory entry exists when this returns. Raises
+        ``directory.AlreadyRegistered`` if the ticket already has a butler.
+        """
+        if self._nursery is None:
+            raise RuntimeError("the supervisor is not running")
+        line = butler.Line(
+            notebook,
+            token_hash,
+            inbox_size=self.settings.butler_inbox_size,
+            watcher_buffer=self.settings.watcher_buffer_events,
+        )
+        self.lines.register(notebook.ticket_id, line)
+        self._nursery.start_soon(self._tend, line, name=f"butler {notebook.ticket_id}")
+        return line
+
+    @property
+    def on_duty(self) -> int:
+        """Butlers on duty now."""
+        return len(self.lines)
+
+    async def _tend(self, line: butler.Line) -> None:
+        intensity = backoff.Intensity(
+            self.settings.butler_restart_limit, self.settings.butler_restart_window_seconds
+        )
+        try:
+            while True:
+                try:
+                    await butler.serve(
+                        line, crash_rate=self.settings.chaos_butler_crash_rate, rng=self.rng
+                    )
+                    return
+                except Exception as crash:  # noqa: BLE001 - any butler bug is a sick butler
+                    if not await self._replace(line, intensity, crash):
+                        return
+        finally:
+            self.lines.unregister(line.ticket_id, line)
+            line.retire()
+
+    async def _replace(
+        self, line: butler.Line, intensity: backoff.Intensity, crash: Exception
+    ) -> bool:
+        """Decide about a sick butler; True once a replacement may start."""
+        self.restarts += 1
+        logger.warning(
+            "butler of ticket %s fell over (%s); restart %d",
+            line.ticket_id, type(crash).__name__, len(intensity) + 1,
+            exc_info=not isinstance(crash, butler.ChaosCrash),
+            extra={"ticket": line.ticket_id},
+        )  # fmt: skip
+        self._drop_poison(line)
+        if not intensity.allow(trio.current_time()):
+            self.given_up += 1
+            reason = (
+                f"butler crashed {len(intensity)} times within "
+                f"{self.settings.butler_restart_window_seconds:g}s: {type(crash).__name__}"
+            )
+            try:
+                await self.give_up(line, reason)
+            except Exception:
+                # One ticket must never take the nursery down.
+                # The ticket stays unfinished in the safe; the next start hires it again.
+                logger.exception("could not fail ticket %s", line.ticket_id)
+            return False
+        await trio.sleep(
+            backoff.delay(
+                len(intensity),
+                base_seconds=self.settings.butler_restart_backoff_seconds,
+                max_seconds=self.settings.butler_restart_backoff_max_seconds,
+                rng=self.rng,
+            )
+        )
+        return True
+
+    def _drop_poison(self, line: butler.Line) -> None:
+        line.in_hand_tries += 1
+        if line.in_hand is not None and line.in_hand_tries > self.settings.butler_redeliveries:
+            logger.error(
+                "dropping a report that crashed %d butlers of ticket %s: %r",
+                line.in_hand_tries, line.ticket_id, line.in_hand,
+            )  # fmt: skip
+            line.in_hand = None
+            line.in_hand_tries = 0
