@@ -30,13 +30,9 @@ from typing import Any
 
 import trio
 
-from grandhotel import mailbox, tickets
+from grandhotel import chaos, mailbox, tickets
 
 logger = logging.getLogger(__name__)
-
-
-class ChaosCrash(RuntimeError):
-    """Raised on purpose by the fault-injection setting ``chaos_butler_crash_rate``."""
 
 
 def utc_now() -> str:
@@ -55,7 +51,7 @@ class Line:
 
     Args:
         notebook: the notebook the first butler starts from.
-        token_hash: SHA-256 of the ticket's token (checked by the front desk).
+        token_hashes: SHA-256 of each of the ticket's tokens (checked by the front desk).
         inbox_size: reports that may wait; staff wait when it is full.
         watcher_buffer: capacity of each watcher's mailbox.
     """
@@ -63,13 +59,13 @@ class Line:
     def __init__(
         self,
         notebook: tickets.Notebook,
-        token_hash: bytes,
+        token_hashes: list[bytes],
         *,
         inbox_size: int,
         watcher_buffer: int,
     ) -> None:
         self.notebook = notebook
-        self.token_hash = token_hash
+        self.token_hashes = token_hashes
         self.watcher_buffer = watcher_buffer
         self.watchers: set[mailbox.Mailbox] = set()
         self.in_hand: tickets.Report | None = None
@@ -151,7 +147,7 @@ async def serve(line: Line, *, crash_rate: float = 0.0, rng: random.Random | Non
             except trio.EndOfChannel:
                 return
         if crash_rate and rng is not None and rng.random() < crash_rate:
-            raise ChaosCrash(f"chaos: butler of {line.ticket_id} fell over on purpose")
+            raise chaos.ChaosCrash(f"chaos: butler of {line.ticket_id} fell over on purpose")
         line.publish(*tickets.advance(line.notebook, line.in_hand, utc_now()))
         line.in_hand = None
         line.in_hand_tries = 0

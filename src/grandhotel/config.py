@@ -14,6 +14,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Final
 
+from grandhotel import chaos
+
 ENV_PREFIX: Final = "GRANDHOTEL_"
 
 
@@ -38,6 +40,8 @@ class HotelConfig:
     # --- the safe ---
     pool_size: int = 10
     connect_timeout_seconds: float = 5.0
+    query_timeout_seconds: float = 10.0
+    """A statement (with its wait for a connection) taking longer means the safe is away."""
     migrate_on_start: bool = True
 
     # --- the front desk ---
@@ -45,6 +49,8 @@ class HotelConfig:
     listen_backlog: int = 4096
     """Above hypercorn's 100: thousands of WebSocket clients connect at once."""
     shutdown_grace_seconds: float = 10.0
+    replay_tokens_max: int = 16
+    """Tokens a ticket may hold: each idempotent replay of its POST gets its own."""
 
     # --- the laundry (job executor) ---
     queue_limits: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"default": 1000})
@@ -59,6 +65,10 @@ class HotelConfig:
     """A node whose heartbeat is older than this is dead: its jobs are rescued."""
     safe_retry_max_seconds: float = 5.0
     """Longest wait between tries of a write that must land (completion, failure)."""
+    checkpoint_interval_seconds: float = 1.0
+    """Running attempts' progress and checkpoints are saved at most this often."""
+    cancel_deadline_seconds: float = 5.0
+    """How long a cancelled attempt may take to stop before it is reported stuck."""
 
     # --- the built-in laundry service ---
     laundry_step_seconds: float = 2.0
@@ -75,6 +85,9 @@ class HotelConfig:
     """How often a message that crashed a butler is handed to its replacement."""
     chaos_butler_crash_rate: float = 0.0
     """FAULT INJECTION, off by default: chance that a butler raises on a message."""
+    chaos_exit_at: str = ""
+    """FAULT INJECTION, off by default: end the process abruptly at this point of a
+    job (``after_claim``, ``before_complete``, ``after_complete``; see chaos.py)."""
 
     # --- concierges (WebSocket watchers) ---
     watcher_buffer_events: int = 32
@@ -91,6 +104,16 @@ class HotelConfig:
                 values[field.name] = _parse(field.name, raw, _default_of(field))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.chaos_butler_crash_rate <= 1.0:
+            raise ValueError("chaos_butler_crash_rate must be within 0..1")
+        if self.chaos_exit_at and self.chaos_exit_at not in chaos.EXIT_POINTS:
+            raise ValueError(f"chaos_exit_at must be one of {sorted(chaos.EXIT_POINTS)}")
+        for name in ("pool_size", "max_attempts", "butler_restart_limit", "butler_inbox_size",
+                     "watcher_buffer_events", "replay_tokens_max"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
 
     def queue_limit(self, queue: str) -> int:
         """How many attempts of ``queue`` may run at once."""

@@ -100,7 +100,7 @@ class FrontDesk:
         )  # fmt: skip
         row = await hotel.safe.insert_ticket(new)
         if row is None:
-            return await self._replay(key or "", new)
+            return await self._replay(key or "", new, token)
         created = vault.plain(row)["created_at"]
         notebook = tickets.Notebook(
             ticket_id=str(ticket_id), guest=guest, service=service.name, args=args,
@@ -108,7 +108,7 @@ class FrontDesk:
             message=None, seq=tickets.first_seq(0), attempt=0,
             created_at=created, updated_at=created,
         )  # fmt: skip
-        hotel.supervisor.hire(notebook, new.token_hash)
+        hotel.supervisor.hire(notebook, [new.token_hash])
         location = f"/tickets/{ticket_id}"
         return reply(tickets.view(notebook, token=token), 201, {"Location": location})
 
@@ -210,15 +210,28 @@ class FrontDesk:
             raise problems.Problem(422, str(ex)) from None
         return service, args, guest
 
-    async def _replay(self, key: str, new: vault.NewTicket) -> Response:
+    async def _replay(self, key: str, new: vault.NewTicket, token: str) -> Response:
+        """The ticket an earlier request with this key created, with a token of its own.
+
+        Each replay mints a new token (stored as a hash beside the others, up to
+        ``replay_tokens_max``), so a client whose first response was lost can
+        still watch its ticket. Past the limit the replay carries no token.
+        """
         earlier = await self.hotel.safe.ticket_by_idempotency_key(key)
         if earlier is None or bytes(earlier["request_hash"]) != new.request_hash:
             raise problems.Problem(422, "this Idempotency-Key was used with a different request")
-        found = await self.hotel.locate(earlier["id"], None, check_token=False)
+        ticket_id = earlier["id"]
+        given = await self.hotel.safe.add_token(
+            ticket_id, new.token_hash, self.hotel.settings.replay_tokens_max
+        )
+        found = await self.hotel.locate(ticket_id, None, check_token=False)
         if found is None:
             raise problems.Problem(409, "the ticket of this Idempotency-Key is gone")
-        notebook = found[1]
-        return reply(tickets.view(notebook), 200, {"Location": f"/tickets/{earlier['id']}"})
+        line, notebook = found
+        if given and line is not None:
+            line.token_hashes.append(new.token_hash)
+        body = tickets.view(notebook, token=token if given else None)
+        return reply(body, 200, {"Location": f"/tickets/{ticket_id}"})
 
     async def _http_error(self, error: HTTPException) -> Response:
         status = error.code or 500

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import hypercorn.config
@@ -27,6 +27,7 @@ import trio
 from grandhotel import (
     butler,
     checkout,
+    checkpoints,
     config,
     directory,
     front_desk,
@@ -83,11 +84,14 @@ class Hotel:
             settings.database_url, size=settings.pool_size,
             connect_timeout_seconds=settings.connect_timeout_seconds,
         )  # fmt: skip
-        self.safe = vault.Vault(self.pool)
+        self.safe = vault.Vault(self.pool, settings.query_timeout_seconds)
         self.lines: directory.Directory[butler.Line] = directory.Directory()
         self.checkout = checkout.Checkout(settings, self.safe, self.catalogue)
         self.supervisor = supervisor.Supervisor(settings, self.lines, self.checkout.give_up, rng)
-        self.laundry = laundry.Laundry(settings, self.safe, self.catalogue, self.lines, rng)
+        self.book = checkpoints.Checkpoints(self.safe, settings.checkpoint_interval_seconds)
+        self.laundry = laundry.Laundry(
+            settings, self.safe, self.catalogue, self.lines, self._hire_for_job, self.book, rng
+        )
         self.draining = False
         self.binds: list[str] = []
         self._stop = trio.Event()
@@ -104,15 +108,21 @@ class Hotel:
         try:
             if self.settings.migrate_on_start:
                 await self.safe.migrate()
+            # A node restarting under its old name rescues its own jobs at once.
+            await self.safe.rescue_orphans(
+                self.settings.node_stale_seconds, self.settings.node_name
+            )
             async with trio.open_nursery() as nursery:
                 quarters = await nursery.start(_scoped, self.supervisor.run)
                 await self._hire_unfinished()
                 heart = await nursery.start(_scoped, self._heartbeat)
+                books = await nursery.start(_scoped, self.book.run)
                 staff = await nursery.start(_scoped, self.laundry.run)
                 self.binds = await nursery.start(self._serve)
                 task_status.started(self.binds)
                 await self._stop.wait()
                 await self._drain(staff, quarters)
+                books.cancel()
                 heart.cancel()
         finally:
             await self.pool.aclose()
@@ -166,9 +176,16 @@ class Hotel:
         rows = await self.safe.hire_unfinished()
         for row in rows:
             notebook = tickets.restore(vault.plain(row), tickets.first_seq(row["epoch"]))
-            self.supervisor.hire(notebook, bytes(row["token_hash"]))
+            self.supervisor.hire(notebook, [bytes(h) for h in row["token_hashes"]])
         if rows:
             logger.info("hired butlers for %d unfinished ticket(s)", len(rows))
+
+    def _hire_for_job(self, job: Mapping[str, Any]) -> butler.Line:
+        """A butler for a job claimed here whose ticket has none on this node."""
+        row = dict(vault.plain(job), id=str(job["ticket_id"]), status="queued")
+        row["attempt"] = int(job["attempt"]) - 1
+        notebook = tickets.restore(row, tickets.first_seq(job["epoch"]))
+        return self.supervisor.hire(notebook, [bytes(h) for h in job["token_hashes"]])
 
     async def locate(
         self, ticket_id: uuid.UUID | str, token: str | None, *, check_token: bool = True
@@ -183,10 +200,11 @@ class Hotel:
         except ValueError:
             return None
         line = self.lines.lookup(str(key))
-        if line is not None and (not check_token or tokens.matches(token, line.token_hash)):
+        if line is not None and (not check_token or tokens.matches_any(token, line.token_hashes)):
             return line, line.notebook
         row = await self.safe.ticket(key)
-        if row is None or (check_token and not tokens.matches(token, bytes(row["token_hash"]))):
+        hashes = [bytes(h) for h in row["token_hashes"]] if row else []
+        if row is None or (check_token and not tokens.matches_any(token, hashes)):
             return None
         line = self.lines.lookup(str(key))
         if line is not None:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from grandhotel import backoff, butler, config, directory, services, tickets
+from grandhotel import backoff, butler, chaos, checkpoints, config, directory, services, tickets
 from grandhotel.safe import notifier, vault
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class Laundry:
         safe: the safe.
         catalogue: the services on offer.
         lines: the directory of butlers' lines.
+        hire: hires a butler for a claimed job's ticket that has none on this node.
+        book: where running attempts' progress and checkpoints are noted.
         rng: randomness for retry jitter.
     """
 
@@ -64,13 +66,18 @@ class Laundry:
         safe: vault.Vault,
         catalogue: services.Catalogue,
         lines: directory.Directory[butler.Line],
+        hire: Callable[[Mapping[str, Any]], object],
+        book: checkpoints.Checkpoints,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.safe = safe
         self.catalogue = catalogue
         self.lines = lines
+        self.hire = hire
+        self.book = book
         self.rng = rng or random.Random()
+        self._scopes: dict[str, trio.CancelScope] = {}
         self.queues = sorted({service.queue for service in catalogue})
         self.running: collections.Counter[str] = collections.Counter()
         self.accepting = True
@@ -81,7 +88,7 @@ class Laundry:
         self._nursery: trio.Nursery | None = None
         self.notifier = notifier.Notifier(
             safe.pool,
-            self.wake,
+            {notifier.JOBS: self.wake, notifier.STOP: self.stop},
             health_seconds=settings.heartbeat_seconds,
             retry_max_seconds=settings.safe_retry_max_seconds,
         )
@@ -104,6 +111,12 @@ class Laundry:
         while self.running.total():
             await self._idle.park()
         await trio.lowlevel.checkpoint()
+
+    def stop(self, ticket_id: str) -> None:
+        """Cancel the attempt running here for ``ticket_id``, if any (it was ended)."""
+        scope = self._scopes.get(ticket_id)
+        if scope is not None:
+            scope.cancel()
 
     def wake(self, queue: str) -> None:
         """Wake the producer of ``queue`` (every producer for ``""``)."""
@@ -138,8 +151,11 @@ class Laundry:
         if self._nursery is None:
             raise RuntimeError("the laundry is not running")
         for job in jobs:
+            chaos.exit_if("after_claim", self.settings.chaos_exit_at)
+            if self.lines.lookup(str(job["ticket_id"])) is None:
+                self.hire(job)
             self.running[queue] += 1
-            self._nursery.start_soon(self._attempt, queue, job, name=f"job {job['id']}")
+            self._nursery.start_soon(self._attempt, queue, job, name=f"job {job['job_id']}")
         return len(jobs)
 
     async def _wait(self, queue: str) -> None:
@@ -171,22 +187,33 @@ class Laundry:
     async def _run_attempt(self, job: Mapping[str, Any]) -> None:
         ticket_id, attempt = str(job["ticket_id"]), int(job["attempt"])
         service = self.catalogue.get(job["service"])
-        context = services.Context(ticket_id, job["args"], attempt, self._reporter(ticket_id))
-        line = self.lines.lookup(ticket_id)
+        context = services.Context(
+            ticket_id, job["args"], attempt, self._reporter(job),
+            resumed=job["checkpoint"], save=self._saver(job),
+        )  # fmt: skip
         error: BaseException | None = None
         result: services.Result = None
-        with trio.CancelScope() as scope:
-            if line is not None:
-                line.attempt_scope = scope
-                await line.report(tickets.Started(attempt))
-            try:
-                if service is None:
-                    raise LookupError(f"no service named {job['service']!r} is offered here")
-                result = await service.run(context)
-            except Exception as ex:  # noqa: BLE001 - a failing service fails its attempt
-                error = ex
-        if line is not None and line.attempt_scope is scope:
-            line.attempt_scope = None
+        line: butler.Line | None = None
+        scope = trio.CancelScope()
+        try:
+            with scope:
+                self._scopes[ticket_id] = scope
+                line = self.lines.lookup(ticket_id)
+                if line is not None:
+                    line.attempt_scope = scope
+                    await line.report(tickets.Started(attempt))
+                try:
+                    if service is None:
+                        raise LookupError(f"no service named {job['service']!r} is offered here")
+                    result = await service.run(context)
+                except Exception as ex:  # noqa: BLE001 - a failing service fails its attempt
+                    error = ex
+        finally:
+            self.book.forget(job["job_id"])
+            if self._scopes.get(ticket_id) is scope:
+                del self._scopes[ticket_id]
+            if line is not None and line.attempt_scope is scope:
+                line.attempt_scope = None
         if scope.cancelled_caught:
             return  # the ticket was ended elsewhere; that write won the fence
         if error is None:
@@ -194,13 +221,24 @@ class Laundry:
         else:
             await self._fail(job, service, context, error)
 
-    def _reporter(self, ticket_id: str) -> services.Reporter:
+    def _reporter(self, job: Mapping[str, Any]) -> services.Reporter:
+        ticket_id, job_id, attempt = str(job["ticket_id"]), job["job_id"], job["attempt"]
+
         async def report(done: int, total: int, message: str | None) -> None:
+            self.book.note(job_id, attempt, done, total, message)
             line = self.lines.lookup(ticket_id)
             if line is not None:
                 await line.report(tickets.Progress(done, total, message))
 
         return report
+
+    def _saver(self, job: Mapping[str, Any]) -> services.Saver:
+        job_id, attempt = job["job_id"], job["attempt"]
+
+        def save(done: int, total: int, message: str | None, checkpoint: Any) -> None:
+            self.book.save(job_id, attempt, done, total, message, checkpoint)
+
+        return save
 
     async def _complete(
         self,
@@ -213,13 +251,15 @@ class Laundry:
             raise LookupError(job["service"])
         total = context.total or service.total(context.args)
         done = context.done if context.total else total
+        chaos.exit_if("before_complete", self.settings.chaos_exit_at)
         record = await self.land(
             lambda: self.safe.complete_job(
-                job["id"], context.attempt, done=done, total=total,
+                job["job_id"], context.attempt, done=done, total=total,
                 message=context.message, amount_cents=service.bill(context.args, done),
                 currency=self.settings.currency, result=result,
             )
         )  # fmt: skip
+        chaos.exit_if("after_complete", self.settings.chaos_exit_at)
         if record is not None:
             await self._tell(context.ticket_id, tickets.Ended(tickets.Status.COMPLETED, record))
 
@@ -233,7 +273,7 @@ class Laundry:
         reason = describe(error)
         entry = {"attempt": context.attempt, "error": reason,
                  "traceback": "".join(traceback.format_exception(error))[-4000:]}  # fmt: skip
-        logger.info("job %s attempt %d failed: %s", job["id"], context.attempt, reason)
+        logger.info("job %s attempt %d failed: %s", job["job_id"], context.attempt, reason)
         if service is not None and context.attempt < int(job["max_attempts"]):
             delay = backoff.delay(
                 context.attempt, base_seconds=self.settings.retry_base_seconds,
@@ -241,7 +281,7 @@ class Laundry:
             )  # fmt: skip
             moved = await self.land(
                 lambda: self.safe.retry_job(
-                    job["id"], context.attempt, delay_seconds=delay, reason=reason, error=entry
+                    job["job_id"], context.attempt, delay_seconds=delay, reason=reason, error=entry
                 )
             )
             if moved is not None:

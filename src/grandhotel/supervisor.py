@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from grandhotel import backoff, butler, config, directory, tickets
+from grandhotel import backoff, butler, chaos, config, directory, tickets
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Supervisor:
             task_status.started()
             await trio.sleep_forever()
 
-    def hire(self, notebook: tickets.Notebook, token_hash: bytes) -> butler.Line:
+    def hire(self, notebook: tickets.Notebook, token_hashes: list[bytes]) -> butler.Line:
         """Put a butler on duty for ``notebook``'s ticket; return its line.
 
         The directory entry exists when this returns. Raises
@@ -85,7 +85,7 @@ class Supervisor:
             raise RuntimeError("the supervisor is not running")
         line = butler.Line(
             notebook,
-            token_hash,
+            token_hashes,
             inbox_size=self.settings.butler_inbox_size,
             watcher_buffer=self.settings.watcher_buffer_events,
         )
@@ -124,7 +124,7 @@ class Supervisor:
         logger.warning(
             "butler of ticket %s fell over (%s); restart %d",
             line.ticket_id, type(crash).__name__, len(intensity) + 1,
-            exc_info=not isinstance(crash, butler.ChaosCrash),
+            exc_info=not isinstance(crash, chaos.ChaosCrash),
             extra={"ticket": line.ticket_id},
         )  # fmt: skip
         self._drop_poison(line)

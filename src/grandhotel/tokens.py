@@ -38,6 +38,16 @@ def matches(token: str | None, stored_hash: bytes | None) -> bool:
     return same and token is not None and stored_hash is not None
 
 
+def matches_any(token: str | None, stored_hashes: list[bytes]) -> bool:
+    """Whether ``token`` is behind any of ``stored_hashes``; compares with every one."""
+    if not stored_hashes:
+        return matches(token, None)
+    found = False
+    for stored in stored_hashes:
+        found |= matches(token, stored)
+    return found
+
+
 def bearer(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None."""
     if not authorization:

@@ -1,7 +1,9 @@
 """LISTEN/NOTIFY: wakes the laundry when jobs become ready, and stays healthy.
 
-One dedicated connection LISTENs on ``grandhotel_jobs``; each notification's
-payload is a queue name, handed to ``wake(queue)``. The connection is
+One dedicated connection LISTENs on two channels: ``grandhotel_jobs`` (payload:
+a queue with ready jobs) and ``grandhotel_stop`` (payload: a ticket that was
+ended from outside its job, whose attempt must stop wherever it runs). Each
+notification goes to the handler registered for its channel. The connection is
 health-checked every ``health_seconds`` with a bounded round trip, because a
 half-open connection would otherwise wait forever while notifications are lost;
 when the check or the socket fails, the connection is replaced with backoff.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import psycopg
@@ -23,8 +25,8 @@ from grandhotel.safe import bridge, pool, sql
 
 logger = logging.getLogger(__name__)
 
-CHANNEL: Final = "grandhotel_jobs"
-"""The channel ``queries.sql`` LISTENs and NOTIFYs on."""
+JOBS: Final = "grandhotel_jobs"
+STOP: Final = "grandhotel_stop"
 
 
 class Notifier:
@@ -32,7 +34,8 @@ class Notifier:
 
     Args:
         connections: where to open the listening connection.
-        wake: called with the payload (a queue name) of each notification.
+        handlers: channel -> called with each notification's payload; the
+            ``JOBS`` handler is also called with ``""`` after every (re)connect.
         health_seconds: how long the connection may be silent before a check.
         retry_max_seconds: the longest backoff between reconnects.
     """
@@ -40,13 +43,13 @@ class Notifier:
     def __init__(
         self,
         connections: pool.Pool,
-        wake: Callable[[str], None],
+        handlers: Mapping[str, Callable[[str], None]],
         *,
         health_seconds: float,
         retry_max_seconds: float,
     ) -> None:
         self.pool = connections
-        self.wake = wake
+        self.handlers = handlers
         self.health_seconds = health_seconds
         self.retry_max_seconds = retry_max_seconds
         self.connected = False
@@ -76,25 +79,30 @@ class Notifier:
     async def _listen(self) -> None:
         conn = await self.pool.open_connection()
         try:
-            conn.add_notify_handler(lambda note: self.wake(note.payload))
+            conn.add_notify_handler(lambda note: self._dispatch(note.channel, note.payload))
             await conn.execute(sql.QUERIES["listen"])
             self.connected = True
             self.reconnects += 1
             self.backend_pid = conn.info.backend_pid
             # Whatever became ready while nobody listened is found by this wake.
-            self.wake("")
+            self._dispatch(JOBS, "")
             while True:
                 await self._wait_for_notifications(conn)
         finally:
             self.connected = False
             conn.abandon()
 
+    def _dispatch(self, channel: str, payload: str) -> None:
+        handler = self.handlers.get(channel)
+        if handler is not None:
+            handler(payload)
+
     async def _wait_for_notifications(self, conn: bridge.TrioConnection) -> None:
         with trio.move_on_after(self.health_seconds):
             await trio.lowlevel.wait_readable(conn.pgconn.socket)
             conn.pgconn.consume_input()
             while (note := conn.pgconn.notifies()) is not None:
-                self.wake(note.extra.decode())
+                self._dispatch(note.relname.decode(), note.extra.decode())
             return
         # Silent for a while: prove the connection still answers, in bounded time.
         with trio.fail_after(self.health_seconds):

@@ -4,9 +4,9 @@
 WITH guest AS (
     INSERT INTO guests (id) VALUES (%(guest)s) ON CONFLICT (id) DO NOTHING
 ), ticket AS (
-    INSERT INTO tickets (id, guest_id, service, args, butler, token_hash, total,
+    INSERT INTO tickets (id, guest_id, service, args, butler, token_hashes, total,
                          idempotency_key, request_hash)
-    VALUES (%(id)s, %(guest)s, %(service)s, %(args)s, %(butler)s, %(token_hash)s, %(total)s,
+    VALUES (%(id)s, %(guest)s, %(service)s, %(args)s, %(butler)s, ARRAY[%(token_hash)s::bytea], %(total)s,
             %(idempotency_key)s, %(request_hash)s)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, created_at
@@ -25,9 +25,15 @@ SELECT ticket.id, ticket.created_at, (SELECT count(*) FROM wake) AS woken FROM t
 -- The ticket an earlier request with the same key created.
 SELECT id, request_hash FROM tickets WHERE idempotency_key = %(idempotency_key)s;
 
+-- add_token --
+-- One more token for a ticket (an idempotent replay gets its own), up to a limit.
+UPDATE tickets SET token_hashes = token_hashes || %(token_hash)s::bytea
+WHERE id = %(id)s AND cardinality(token_hashes) < %(most)s
+RETURNING id;
+
 -- ticket --
 -- One ticket with its job and record, for reads of finished tickets and hiring.
-SELECT t.id, t.guest_id, t.service, t.args, t.status, t.butler, t.token_hash, t.total,
+SELECT t.id, t.guest_id, t.service, t.args, t.status, t.butler, t.token_hashes, t.total,
        t.done, t.message, t.epoch, t.reason, t.created_at, t.updated_at, t.finished_at,
        j.attempt, j.state AS job_state, r.id AS record_id
 FROM tickets t
@@ -48,12 +54,13 @@ FROM service_records WHERE ticket_id = %(id)s;
 UPDATE tickets t SET epoch = epoch + 1
 FROM jobs j
 WHERE j.ticket_id = t.id AND t.status IN ('queued', 'in_progress', 'retrying')
-RETURNING t.id, t.guest_id, t.service, t.args, t.status, t.butler, t.token_hash, t.total,
+RETURNING t.id, t.guest_id, t.service, t.args, t.status, t.butler, t.token_hashes, t.total,
           t.done, t.message, t.epoch, t.reason, t.created_at, t.updated_at, j.attempt;
 
 -- claim_jobs --
 -- Take up to %(limit)s ready jobs of a queue for this node. Each claim starts a
--- new attempt (the fence every later write of the attempt is checked against).
+-- new attempt (the fence every later write of the attempt is checked against)
+-- and a new epoch for the ticket, in case this node must hire its butler.
 WITH claimed AS (
     UPDATE jobs SET state = 'executing', attempt = attempt + 1, attempted_at = now(),
                     node = %(node)s
@@ -66,13 +73,36 @@ WITH claimed AS (
         FOR UPDATE SKIP LOCKED))
     RETURNING id, ticket_id, service, args, attempt, max_attempts, checkpoint
 ), moved AS (
-    UPDATE tickets t SET status = 'in_progress', updated_at = now()
+    UPDATE tickets t SET status = 'in_progress', epoch = epoch + 1, updated_at = now()
     FROM claimed WHERE t.id = claimed.ticket_id
+    RETURNING t.id, t.guest_id, t.butler, t.token_hashes, t.total, t.done, t.message,
+              t.epoch, t.reason, t.created_at, t.updated_at
 ), audit AS (
     INSERT INTO ticket_events (ticket_id, status, attempt)
     SELECT ticket_id, 'in_progress', attempt FROM claimed
 )
-SELECT id, ticket_id, service, args, attempt, max_attempts, checkpoint FROM claimed;
+SELECT c.id AS job_id, c.ticket_id, c.service, c.args, c.attempt, c.max_attempts,
+       c.checkpoint, m.guest_id, m.butler, m.token_hashes, m.total, m.done, m.message,
+       m.epoch, m.reason, m.created_at, m.updated_at
+FROM claimed c JOIN moved m ON m.id = c.ticket_id;
+
+-- save_progress --
+-- Throttled checkpoints of running attempts, many in one statement. Fenced per
+-- row on (job, attempt, executing); keeps a job's checkpoint when none is given.
+WITH progress AS (
+    SELECT * FROM unnest(%(jobs)s::bigint[], %(attempts)s::integer[], %(done)s::integer[],
+                         %(total)s::integer[], %(messages)s::text[], %(checkpoints)s::jsonb[])
+        AS p(job, attempt, done, total, message, checkpoint)
+), saved AS (
+    UPDATE jobs SET checkpoint = coalesce(p.checkpoint, jobs.checkpoint)
+    FROM progress p
+    WHERE jobs.id = p.job AND jobs.attempt = p.attempt AND jobs.state = 'executing'
+    RETURNING jobs.ticket_id, p.done, p.total, p.message
+)
+UPDATE tickets t SET done = saved.done, total = saved.total, message = saved.message,
+                     updated_at = now()
+FROM saved WHERE t.id = saved.ticket_id
+RETURNING t.id;
 
 -- complete_job --
 -- Fenced on (job, attempt, executing): job, ticket, audit and the service
@@ -133,6 +163,8 @@ WITH job AS (
     WHERE ticket_id = %(id)s AND state NOT IN ('completed', 'discarded', 'cancelled')
       AND (%(attempt)s::integer IS NULL OR (attempt = %(attempt)s AND state = 'executing'))
     RETURNING ticket_id, attempt
+), stop AS (
+    SELECT pg_notify('grandhotel_stop', ticket_id::text) FROM job
 ), ticket AS (
     UPDATE tickets t SET status = %(outcome)s, reason = %(reason)s, done = %(done)s,
                          updated_at = now(), finished_at = now()
@@ -151,7 +183,8 @@ WITH job AS (
 )
 SELECT ticket_id, guest_id, service, outcome, done, total, amount_cents, currency,
        attempts, result, reason, started_at, finished_at,
-       (extract(epoch FROM finished_at - started_at) * 1000)::bigint AS duration_ms
+       (extract(epoch FROM finished_at - started_at) * 1000)::bigint AS duration_ms,
+       (SELECT count(*) FROM stop) AS stopped
 FROM record;
 
 -- guest_history --
@@ -212,8 +245,9 @@ SELECT version FROM grandhotel_migrations;
 INSERT INTO grandhotel_migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- listen --
--- Subscribe this connection to job wake-ups.
+-- Subscribe this connection to job wake-ups and to tickets ended elsewhere.
 LISTEN grandhotel_jobs;
+LISTEN grandhotel_stop;
 
 -- release_jobs --
 -- Graceful stop: this node's executing jobs go back to available. The attempt

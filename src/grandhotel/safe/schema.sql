@@ -15,7 +15,7 @@ CREATE TABLE tickets (
     status          text NOT NULL DEFAULT 'queued'
         CHECK (status IN ('queued', 'in_progress', 'retrying', 'completed', 'failed', 'cancelled')),
     butler          text NOT NULL,
-    token_hash      bytea NOT NULL,
+    token_hashes    bytea[] NOT NULL CHECK (cardinality(token_hashes) >= 1),
     total           integer NOT NULL CHECK (total >= 0),
     done            integer NOT NULL DEFAULT 0 CHECK (done >= 0),
     message         text,

@@ -52,6 +52,18 @@ class NewTicket:
     request_hash: bytes | None = None
 
 
+@dataclasses.dataclass(slots=True)
+class Progress:
+    """A running attempt's latest progress, and its checkpoint if it saved one."""
+
+    job: int
+    attempt: int
+    done: int
+    total: int
+    message: str | None
+    checkpoint: Any = None
+
+
 def plain(value: Any) -> Any:
     """A JSON-ready copy: UUIDs as strings, times as ISO 8601 with ``Z``."""
     if isinstance(value, dict):
@@ -69,20 +81,26 @@ class Vault:
 
     Args:
         connections: the trio connection pool.
+        query_timeout_seconds: the longest a statement (with the wait for a
+            connection) may take before the safe counts as unreachable.
     """
 
-    def __init__(self, connections: pool.Pool) -> None:
+    def __init__(self, connections: pool.Pool, query_timeout_seconds: float = 10.0) -> None:
         self.pool = connections
+        self.query_timeout_seconds = query_timeout_seconds
 
     async def _rows(self, name: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         query: LiteralString = sql.QUERIES[name]
         try:
-            async with self.pool.connection() as conn:
-                cursor = conn.cursor(row_factory=dict_row)
-                await cursor.execute(query, params)
-                return await cursor.fetchall() if cursor.description else []
+            with trio.fail_after(self.query_timeout_seconds):
+                async with self.pool.connection() as conn:
+                    cursor = conn.cursor(row_factory=dict_row)
+                    await cursor.execute(query, params)
+                    return await cursor.fetchall() if cursor.description else []
         except psycopg.OperationalError as ex:
             raise SafeUnavailable(str(ex).strip() or type(ex).__name__) from ex
+        except trio.TooSlowError as ex:
+            raise SafeUnavailable(f"no answer within {self.query_timeout_seconds:g}s") from ex
 
     async def _one(self, name: str, params: Mapping[str, Any] | None = None) -> Row | None:
         rows = await self._rows(name, params)
@@ -110,6 +128,13 @@ class Vault:
     async def ticket_by_idempotency_key(self, key: str) -> Row | None:
         """The ticket created under ``key``: ``{"id", "request_hash"}``."""
         return await self._one("ticket_by_idempotency_key", {"idempotency_key": key})
+
+    async def add_token(self, ticket_id: uuid.UUID | str, token_hash: bytes, most: int) -> bool:
+        """Give a ticket one more token (below ``most`` tokens); False if it has enough."""
+        row = await self._one(
+            "add_token", {"id": ticket_id, "token_hash": token_hash, "most": most}
+        )
+        return row is not None
 
     async def ticket(self, ticket_id: uuid.UUID | str) -> Row | None:
         """A ticket with its job's attempt and state, or None."""
@@ -158,6 +183,23 @@ class Vault:
         )  # fmt: skip
         return plain(row) if row else None
 
+    async def save_progress(self, rows: list[Progress]) -> int:
+        """Persist running attempts' progress and checkpoints (fenced); return tickets saved."""
+        saved = await self._rows(
+            "save_progress",
+            {
+                "jobs": [row.job for row in rows],
+                "attempts": [row.attempt for row in rows],
+                "done": [row.done for row in rows],
+                "total": [row.total for row in rows],
+                "messages": [row.message for row in rows],
+                "checkpoints": [
+                    None if row.checkpoint is None else Jsonb(row.checkpoint) for row in rows
+                ],
+            },
+        )
+        return len(saved)
+
     async def retry_job(
         self, job: int, attempt: int, *, delay_seconds: float, reason: str, error: Mapping[str, Any]
     ) -> Row | None:
@@ -193,7 +235,11 @@ class Vault:
                 "error": None if error is None else Jsonb(error),
             },
         )  # fmt: skip
-        return plain(row) if row else None
+        if row is None:
+            return None
+        row.pop("stopped", None)
+        record: Row = plain(row)
+        return record
 
     # --- nodes -----------------------------------------------------------------
 

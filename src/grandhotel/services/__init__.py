@@ -36,6 +36,7 @@ from grandhotel import schemas
 
 Result = Mapping[str, Any] | None
 Reporter = Callable[[int, int, "str | None"], Awaitable[None]]
+Saver = Callable[[int, int, "str | None", Any], None]
 
 
 class Context:
@@ -44,21 +45,33 @@ class Context:
     Attributes:
         ticket_id: the ticket being served.
         args: the validated arguments.
-        attempt: 1 for the first attempt, 2 for the first retry, ...
+        attempt: 1 for the first attempt, 2 for the next (a retry or a rescue), ...
+        resumed: the last checkpoint an earlier attempt saved, or None.
     """
 
-    __slots__ = ("_report", "args", "attempt", "done", "message", "ticket_id", "total")
+    __slots__ = (
+        "_report", "_save", "args", "attempt", "done", "message", "resumed", "ticket_id", "total",
+    )  # fmt: skip
 
     def __init__(
-        self, ticket_id: str, args: Mapping[str, Any], attempt: int, report: Reporter
+        self,
+        ticket_id: str,
+        args: Mapping[str, Any],
+        attempt: int,
+        report: Reporter,
+        *,
+        resumed: Any = None,
+        save: Saver | None = None,
     ) -> None:
         self.ticket_id = ticket_id
         self.args = args
         self.attempt = attempt
+        self.resumed = resumed
         self.done = 0
         self.total = 0
         self.message: str | None = None
         self._report = report
+        self._save = save
 
     async def progress(self, done: int, total: int, message: str | None = None) -> None:
         """Tell the butler that ``done`` of ``total`` steps are finished.
@@ -70,6 +83,17 @@ class Context:
         self.done, self.total = min(max(0, int(done)), total), total
         self.message = message
         await self._report(self.done, self.total, message)
+
+    def checkpoint(self, value: Any) -> None:
+        """Save ``value`` (JSON) so that a later attempt can resume from it.
+
+        Never waits: the value is written with the next batch of checkpoints
+        (``checkpoint_interval_seconds``), fenced so that only the attempt
+        that currently owns the job can save. A later attempt finds it in
+        ``resumed``. Progress reported before this call is saved with it.
+        """
+        if self._save is not None:
+            self._save(self.done, self.total, self.message, value)
 
 
 @dataclasses.dataclass(frozen=True)

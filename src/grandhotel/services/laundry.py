@@ -18,10 +18,14 @@ def make(step_seconds: float, price_per_suit_cents: int) -> services.Service:
 
     async def clean_suits(ctx: services.Context) -> dict[str, Any]:
         suits: int = ctx.args["suits"]
-        for suit in range(1, suits + 1):
+        already = int(ctx.resumed["suits_done"]) if ctx.resumed else 0
+        if already:
+            await ctx.progress(already, suits, f"Resuming after suit {already}/{suits}")
+        for suit in range(already + 1, suits + 1):
             await trio.sleep(step_seconds)  # cleaning suit number `suit`
             await ctx.progress(suit, suits, f"Suit {suit}/{suits} complete")
-        return {"suits_cleaned": suits}
+            ctx.checkpoint({"suits_done": suit})
+        return {"suits_cleaned": suits, "resumed_after": already}
 
     return services.Service(
         name="laundry",
