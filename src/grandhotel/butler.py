@@ -124,6 +124,10 @@ class Line:
         if self.attempt_scope is not None:
             self.attempt_scope.cancel()
 
+    def dismiss(self) -> None:
+        """No more reports: the butler's shift ends once its inbox is empty."""
+        self._send.close()
+
     def retire(self) -> None:
         """The last butler left: close the inbox and every mailbox."""
         self._send.close()

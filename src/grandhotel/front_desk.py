@@ -98,19 +98,36 @@ class FrontDesk:
             max_attempts=service.max_attempts or hotel.settings.max_attempts,
             idempotency_key=key, request_hash=request_hash(body) if key else None,
         )  # fmt: skip
-        row = await hotel.safe.insert_ticket(new)
+        # Hired before the insert commits: the laundry may claim the job at once,
+        # and must find this butler rather than hire another.
+        line = hotel.supervisor.hire(
+            tickets.Notebook(
+                ticket_id=str(ticket_id),
+                guest=guest,
+                service=service.name,
+                args=args,
+                butler=new.butler,
+                status=tickets.Status.QUEUED,
+                done=0,
+                total=new.total,
+                message=None,
+                seq=tickets.first_seq(0),
+                attempt=0,
+                created_at=butler.utc_now(),
+                updated_at=butler.utc_now(),
+            ),  # fmt: skip
+            [new.token_hash],
+        )
+        try:
+            row = await hotel.safe.insert_ticket(new)
+        except BaseException:
+            line.dismiss()
+            raise
         if row is None:
+            line.dismiss()
             return await self._replay(key or "", new, token)
-        created = vault.plain(row)["created_at"]
-        notebook = tickets.Notebook(
-            ticket_id=str(ticket_id), guest=guest, service=service.name, args=args,
-            butler=new.butler, status=tickets.Status.QUEUED, done=0, total=new.total,
-            message=None, seq=tickets.first_seq(0), attempt=0,
-            created_at=created, updated_at=created,
-        )  # fmt: skip
-        hotel.supervisor.hire(notebook, [new.token_hash])
         location = f"/tickets/{ticket_id}"
-        return reply(tickets.view(notebook, token=token), 201, {"Location": location})
+        return reply(tickets.view(line.notebook, token=token), 201, {"Location": location})
 
     async def read(self, ticket_id: str) -> Response:
         """``GET /tickets/{id}``: live from memory, finished from the safe."""

@@ -260,8 +260,13 @@ class Laundry:
             )
         )  # fmt: skip
         chaos.exit_if("after_complete", self.settings.chaos_exit_at)
-        if record is not None:
-            await self._tell(context.ticket_id, tickets.Ended(tickets.Status.COMPLETED, record))
+        if record is None:
+            logger.warning(
+                "job %s attempt %d is stale: its completion changed nothing",
+                job["job_id"], context.attempt,
+            )  # fmt: skip
+            return
+        await self._tell(context.ticket_id, tickets.Ended(tickets.Status.COMPLETED, record))
 
     async def _fail(
         self,

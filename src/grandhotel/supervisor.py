@@ -78,11 +78,15 @@ class Supervisor:
     def hire(self, notebook: tickets.Notebook, token_hashes: list[bytes]) -> butler.Line:
         """Put a butler on duty for ``notebook``'s ticket; return its line.
 
-        The directory entry exists when this returns. Raises
-        ``directory.AlreadyRegistered`` if the ticket already has a butler.
+        The directory entry exists when this returns. If the ticket already has
+        a butler on duty (the laundry may claim a new job before the front desk
+        has hired), that butler's line is returned and nothing else happens.
         """
         if self._nursery is None:
             raise RuntimeError("the supervisor is not running")
+        existing = self.lines.lookup(notebook.ticket_id)
+        if existing is not None:
+            return existing
         line = butler.Line(
             notebook,
             token_hashes,

@@ -9,10 +9,10 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from helpers import Watch, assert_gap_free, assert_one_stream, bearer, create, watch, ws_url
 
 from grandhotel import schemas, services, tickets
 from grandhotel.services import laundry
+from helpers import Watch, assert_gap_free, assert_one_stream, bearer, create, watch, ws_url
 
 
 async def test_one_ticket_from_request_to_record(start_hotel: Any, query: Any) -> None:
@@ -124,9 +124,7 @@ def _failing_catalogue(settings_step: float, failures: list[int]) -> services.Ca
     return catalogue
 
 
-async def test_failing_job_is_retried_with_backoff_then_fails(
-    start_hotel: Any, query: Any
-) -> None:
+async def test_failing_job_is_retried_with_backoff_then_fails(start_hotel: Any, query: Any) -> None:
     attempts: list[int] = []
     _, base = await start_hotel(catalogue=_failing_catalogue(0.01, attempts))
     async with httpx.AsyncClient(base_url=base) as client:
@@ -138,8 +136,8 @@ async def test_failing_job_is_retried_with_backoff_then_fails(
     retrying = [e for e in seen.events if e.get("status") == "retrying" and e["type"] == "status"]
     assert len(retrying) == 2 - sum(1 for e in seen.events[:1] if e["attempt"] > 1)
     tid = ticket["id"]
-    [(state, attempt, errors, first_try, scheduled)] = query(
-        "SELECT state, attempt, errors, attempted_at, scheduled_at FROM jobs WHERE ticket_id=%s",
+    [(state, attempt, errors, scheduled)] = query(
+        "SELECT state, attempt, errors, scheduled_at FROM jobs WHERE ticket_id=%s",
         tid,
     )
     assert (state, attempt, len(errors)) == ("discarded", 3, 3)

@@ -228,9 +228,7 @@ _reports = st.one_of(
 )
 
 
-def _check_step(
-    old: tickets.Notebook, new: tickets.Notebook, events: list[tickets.Event]
-) -> None:
+def _check_step(old: tickets.Notebook, new: tickets.Notebook, events: list[tickets.Event]) -> None:
     if old.status.terminal or not events:
         assert new is old
         assert events == []
