@@ -100,24 +100,13 @@ class FrontDesk:
         )  # fmt: skip
         # Hired before the insert commits: the laundry may claim the job at once,
         # and must find this butler rather than hire another.
-        line = hotel.supervisor.hire(
-            tickets.Notebook(
-                ticket_id=str(ticket_id),
-                guest=guest,
-                service=service.name,
-                args=args,
-                butler=new.butler,
-                status=tickets.Status.QUEUED,
-                done=0,
-                total=new.total,
-                message=None,
-                seq=tickets.first_seq(0),
-                attempt=0,
-                created_at=butler.utc_now(),
-                updated_at=butler.utc_now(),
-            ),  # fmt: skip
-            [new.token_hash],
-        )
+        now = butler.utc_now()
+        notebook = tickets.Notebook(
+            ticket_id=str(ticket_id), guest=guest, service=service.name, args=args,
+            butler=new.butler, status=tickets.Status.QUEUED, done=0, total=new.total,
+            message=None, seq=tickets.first_seq(0), attempt=0, created_at=now, updated_at=now,
+        )  # fmt: skip
+        line = hotel.supervisor.hire(notebook, [new.token_hash])
         try:
             row = await hotel.safe.insert_ticket(new)
         except BaseException:
