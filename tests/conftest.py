@@ -108,7 +108,7 @@ async def start_hotel(nursery: trio.Nursery, database_url: str) -> AsyncIterator
     async def start(
         catalogue: services.Catalogue | None = None, **overrides: Any
     ) -> tuple[hotel.Hotel, str]:
-        settings = test_settings(database_url, **overrides)
+        settings = test_settings(overrides.pop("database_url", database_url), **overrides)
         the_hotel = hotel.Hotel(settings, catalogue, rng=random.Random(7))
         binds = await nursery.start(the_hotel.run)
         started.append(the_hotel)

@@ -48,26 +48,38 @@ class Checkout:
 
     async def end(
         self,
-        line: butler.Line,
+        notebook: tickets.Notebook,
+        line: butler.Line | None,
         outcome: tickets.Status,
         reason: str | None,
         *,
         butler_on_duty: bool = True,
     ) -> Mapping[str, Any]:
-        """End ``line``'s ticket as ``outcome`` and tell its butler; return the record.
+        """End a ticket as ``outcome``, then tell its butler here (if any); return the record.
 
+        ``notebook`` is what this node knows of the ticket (the butler's, or the
+        safe's when the butler is on another node: that node hears of the
+        ending through the safe's ``grandhotel_stop`` notification).
         Raises ``AlreadyEnded`` when the ticket had ended before, and
         ``vault.SafeUnavailable`` (having changed nothing) when the safe is away.
         """
-        record = await self._write(line.notebook, outcome, reason)
+        record = await self._write(notebook, outcome, reason)
         if record is None:
-            existing = await self.safe.record(line.ticket_id)
-            if existing is not None:
+            existing = await self.safe.record(notebook.ticket_id)
+            if existing is not None and line is not None:
                 ended = tickets.Status(existing["outcome"])
                 await self._tell(line, ended, existing, None, butler_on_duty=butler_on_duty)
             raise AlreadyEnded(existing)
-        await self._tell(line, outcome, record, reason, butler_on_duty=butler_on_duty)
+        if line is not None:
+            await self._tell(line, outcome, record, reason, butler_on_duty=butler_on_duty)
         return record
+
+    async def relay(self, line: butler.Line) -> None:
+        """Tell a butler here how its ticket ended on another node (from the record)."""
+        record = await self.safe.record(line.ticket_id)
+        if record is not None:
+            outcome = tickets.Status(record["outcome"])
+            await self._tell(line, outcome, record, None, butler_on_duty=True)
 
     async def give_up(self, line: butler.Line, reason: str) -> None:
         """Fail a ticket whose butlers keep crashing (the supervisor's last resort).
@@ -76,7 +88,9 @@ class Checkout:
         """
         with contextlib.suppress(AlreadyEnded):
             await vault.land(
-                lambda: self.end(line, tickets.Status.FAILED, reason, butler_on_duty=False),
+                lambda: self.end(
+                    line.notebook, line, tickets.Status.FAILED, reason, butler_on_duty=False
+                ),
                 max_delay_seconds=self.settings.safe_retry_max_seconds,
                 rng=self.rng,
             )

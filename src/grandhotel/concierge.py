@@ -149,7 +149,9 @@ class Concierge:
 
     async def _cancel(self, line: butler.Line, box: mailbox.Mailbox) -> None:
         try:
-            await self.hotel.checkout.end(line, tickets.Status.CANCELLED, "cancelled by the guest")
+            await self.hotel.checkout.end(
+                line.notebook, line, tickets.Status.CANCELLED, "cancelled by the guest"
+            )
         except checkout.AlreadyEnded:
             pass  # the terminal event is on its way
         except vault.SafeUnavailable:

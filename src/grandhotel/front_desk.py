@@ -127,10 +127,12 @@ class FrontDesk:
         """``DELETE /tickets/{id}``: end the ticket ``cancelled``; 409 if it ended."""
         parsed = parse_ticket_id(ticket_id)
         line, notebook = await self._find(parsed)
-        if notebook.status.terminal or line is None:
+        if notebook.status.terminal:
             raise problems.Problem(409, f"the ticket has already ended: {notebook.status}")
         try:
-            await self.hotel.checkout.end(line, tickets.Status.CANCELLED, "cancelled by the guest")
+            await self.hotel.checkout.end(
+                notebook, line, tickets.Status.CANCELLED, "cancelled by the guest"
+            )
         except checkout.AlreadyEnded as ended:
             outcome = ended.record["outcome"] if ended.record else "ended"
             raise problems.Problem(409, f"the ticket has already ended: {outcome}") from None

@@ -14,6 +14,7 @@ closes every watcher with 1001; the doors close; the node deregisters.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import uuid
@@ -90,8 +91,11 @@ class Hotel:
         self.supervisor = supervisor.Supervisor(settings, self.lines, self.checkout.give_up, rng)
         self.book = checkpoints.Checkpoints(self.safe, settings.checkpoint_interval_seconds)
         self.laundry = laundry.Laundry(
-            settings, self.safe, self.catalogue, self.lines, self._hire_for_job, self.book, rng
-        )
+            settings, self.safe, self.catalogue, self.lines, self._hire_for_job, self.book,
+            self._ended_elsewhere, rng,
+        )  # fmt: skip
+        self._relays: set[str] = set()
+        self._relay_wanted = trio.Event()
         self.draining = False
         self.binds: list[str] = []
         self._stop = trio.Event()
@@ -117,12 +121,14 @@ class Hotel:
                 await self._hire_unfinished()
                 heart = await nursery.start(_scoped, self._heartbeat)
                 books = await nursery.start(_scoped, self.book.run)
+                relays = await nursery.start(_scoped, self._relay_endings)
                 staff = await nursery.start(_scoped, self.laundry.run)
                 self.binds = await nursery.start(self._serve)
                 task_status.started(self.binds)
                 await self._stop.wait()
                 await self._drain(staff, quarters)
                 books.cancel()
+                relays.cancel()
                 heart.cancel()
         finally:
             await self.pool.aclose()
@@ -171,6 +177,27 @@ class Hotel:
         except vault.SafeUnavailable as ex:
             logger.warning("could not write to the safe while stopping: %s", ex)
             return None
+
+    def _ended_elsewhere(self, ticket_id: str) -> None:
+        if ticket_id in self.lines:
+            self._relays.add(ticket_id)
+            self._relay_wanted.set()
+
+    async def _relay_endings(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Tell butlers here of endings written by other nodes (or by us: a no-op)."""
+        task_status.started()
+        while True:
+            await self._relay_wanted.wait()
+            self._relay_wanted = trio.Event()
+            batch, self._relays = self._relays, set()
+            for ticket_id in batch:
+                line = self.lines.lookup(ticket_id)
+                if line is not None and not line.notebook.status.terminal:
+                    await vault.land(
+                        functools.partial(self.checkout.relay, line),
+                        max_delay_seconds=self.settings.safe_retry_max_seconds,
+                        rng=self.checkout.rng,
+                    )
 
     async def _hire_unfinished(self) -> None:
         rows = await self.safe.hire_unfinished()

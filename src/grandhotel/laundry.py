@@ -57,6 +57,7 @@ class Laundry:
         lines: the directory of butlers' lines.
         hire: hires a butler for a claimed job's ticket that has none on this node.
         book: where running attempts' progress and checkpoints are noted.
+        ended_elsewhere: told of each ticket ended from outside its job, on any node.
         rng: randomness for retry jitter.
     """
 
@@ -68,6 +69,7 @@ class Laundry:
         lines: directory.Directory[butler.Line],
         hire: Callable[[Mapping[str, Any]], object],
         book: checkpoints.Checkpoints,
+        ended_elsewhere: Callable[[str], None] = lambda ticket_id: None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -76,6 +78,7 @@ class Laundry:
         self.lines = lines
         self.hire = hire
         self.book = book
+        self.ended_elsewhere = ended_elsewhere
         self.rng = rng or random.Random()
         self._scopes: dict[str, trio.CancelScope] = {}
         self.queues = sorted({service.queue for service in catalogue})
@@ -113,10 +116,11 @@ class Laundry:
         await trio.lowlevel.checkpoint()
 
     def stop(self, ticket_id: str) -> None:
-        """Cancel the attempt running here for ``ticket_id``, if any (it was ended)."""
+        """A ticket was ended from outside its job: cancel its attempt here, if any."""
         scope = self._scopes.get(ticket_id)
         if scope is not None:
             scope.cancel()
+        self.ended_elsewhere(ticket_id)
 
     def wake(self, queue: str) -> None:
         """Wake the producer of ``queue`` (every producer for ``""``)."""
