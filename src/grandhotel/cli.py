@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import trio
 
-from grandhotel import config, embedded, hotel
+from grandhotel import config, embedded, guest, hotel
 
 logger = logging.getLogger("grandhotel")
 
@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8000; 0 picks one)")
     serve.add_argument("--node-name", help="this node's name in the safe (default host:pid)")
     migrate = commands.add_parser("migrate", help="apply the safe's migrations and exit")
+    watch = commands.add_parser("watch", help="print a ticket's live events (a guest)")
+    watch.add_argument(
+        "url", help="the ticket's ws:// URL, e.g. ws://127.0.0.1:8000/tickets/ID/live"
+    )
+    watch.add_argument("token", help="the ticket's token (from the 201)")
+    watch.add_argument("--cancel", action="store_true", help="cancel the ticket first")
     for sub in (serve, migrate):
         sub.add_argument(
             "--database-url",
@@ -85,6 +91,8 @@ async def _migrate(settings: config.HotelConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``grandhotel`` command."""
     options = _parser().parse_args(argv)
+    if options.command == "watch":
+        return guest.main(options.url, options.token, options.cancel)
     logging.basicConfig(
         level=options.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -81,6 +81,7 @@ class Laundry:
         self.ended_elsewhere = ended_elsewhere
         self.rng = rng or random.Random()
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._stopped_at: dict[str, float] = {}
         self.queues = sorted({service.queue for service in catalogue})
         self.running: collections.Counter[str] = collections.Counter()
         self.accepting = True
@@ -120,6 +121,7 @@ class Laundry:
         scope = self._scopes.get(ticket_id)
         if scope is not None:
             scope.cancel()
+            self._stopped_at.setdefault(ticket_id, trio.current_time())
         self.ended_elsewhere(ticket_id)
 
     def wake(self, queue: str) -> None:
@@ -214,6 +216,7 @@ class Laundry:
                     error = ex
         finally:
             self.book.forget(job["job_id"])
+            self._check_stop_deadline(ticket_id)
             if self._scopes.get(ticket_id) is scope:
                 del self._scopes[ticket_id]
             if line is not None and line.attempt_scope is scope:
@@ -224,6 +227,18 @@ class Laundry:
             await self._complete(job, service, context, result)
         else:
             await self._fail(job, service, context, error)
+
+    def _check_stop_deadline(self, ticket_id: str) -> None:
+        stopped_at = self._stopped_at.pop(ticket_id, None)
+        if stopped_at is None:
+            return
+        took = trio.current_time() - stopped_at
+        if took > self.settings.cancel_deadline_seconds:
+            logger.error(
+                "the attempt of ticket %s took %.1fs to stop (deadline %gs): its service "
+                "must yield to trio more often", ticket_id, took,
+                self.settings.cancel_deadline_seconds,
+            )  # fmt: skip
 
     def _reporter(self, job: Mapping[str, Any]) -> services.Reporter:
         ticket_id, job_id, attempt = str(job["ticket_id"]), job["job_id"], job["attempt"]
