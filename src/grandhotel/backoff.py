@@ -12,7 +12,8 @@ def delay(tries: int, *, base_seconds: float, max_seconds: float, rng: random.Ra
     The delay lies in ``[d/2, d]`` where ``d = min(max, base * 2**(tries-1))``:
     growing, never zero, and spread so that many failures do not retry in step.
     """
-    capped = min(max_seconds, base_seconds * 2.0 ** max(0, tries - 1))
+    exponent = min(max(0, tries - 1), 64)  # 2**64 * base is past any cap; no overflow
+    capped = min(max_seconds, base_seconds * 2.0**exponent)
     return capped / 2 + rng.uniform(0, capped / 2)
 
 

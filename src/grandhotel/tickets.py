@@ -93,7 +93,7 @@ def percent(done: int, total: int) -> int:
     """Whole percent done, 0..100 (a ticket with no steps is 0% until it ends)."""
     if total <= 0:
         return 0
-    return min(100, done * 100 // total)
+    return max(0, min(100, done * 100 // total))
 
 
 # --- reports: what the staff tell the butler -------------------------------------
@@ -273,6 +273,8 @@ def advance(notebook: Notebook, report: Report, at: str) -> tuple[Notebook, list
         case Retrying(attempt=attempt, reason=reason):
             return _move(notebook, Status.RETRYING, at, attempt=attempt, reason=reason)
         case Ended(outcome=outcome, record=record, reason=reason):
+            if not outcome.terminal:
+                return notebook, []
             done = record.get("done", notebook.done) if record else notebook.done
             return _move(notebook, outcome, at, record=record, reason=reason, done=done)
 

@@ -12,18 +12,18 @@ import pytest
 import trio
 import trio.testing
 
-from grandhotel import butler, mailbox, tickets
+from grandhotel import butler, chaos, mailbox, tickets
 
 Status = tickets.Status
 NotebookFactory = Callable[..., tickets.Notebook]
 
 
 def make_line(notebook: tickets.Notebook, watcher_buffer: int = 8) -> butler.Line:
-    return butler.Line(notebook, b"hash", inbox_size=4, watcher_buffer=watcher_buffer)
+    return butler.Line(notebook, [b"hash"], inbox_size=4, watcher_buffer=watcher_buffer)
 
 
 async def bodies(box: mailbox.Mailbox) -> list[dict[str, Any]]:
-    """Every frame of ``box`` until it is closed, decoded (fails after 10 s, not hangs)."""
+    """Every frame of ``box`` until it is closed, decoded (fails rather than hangs)."""
     out = []
     with trio.fail_after(10):
         while (frame := await box.get()) is not None:
@@ -42,7 +42,8 @@ def test_utc_now_is_iso_with_z() -> None:
 def test_subscribe_gives_a_snapshot_then_a_mailbox(make_notebook: NotebookFactory) -> None:
     line = make_line(make_notebook(seq=5))
     frame, box = line.subscribe()
-    assert json.loads(frame) | {"type": "snapshot", "seq": 5} == json.loads(frame)
+    snapshot = json.loads(frame)
+    assert (snapshot["type"], snapshot["seq"]) == ("snapshot", 5)
     assert box.after == 5
     assert box in line.watchers
 
@@ -53,6 +54,7 @@ def test_subscribe_keeps_a_later_resume_point(make_notebook: NotebookFactory) ->
 
 
 async def test_subscribing_to_an_ended_ticket_gives_a_closed_mailbox(
+    autojump_clock: trio.testing.MockClock,
     make_notebook: NotebookFactory,
 ) -> None:
     line = make_line(make_notebook(status=Status.COMPLETED))
@@ -62,7 +64,9 @@ async def test_subscribing_to_an_ended_ticket_gives_a_closed_mailbox(
     assert not line.watchers
 
 
-async def test_publish_pushes_each_event_to_every_watcher(make_notebook: NotebookFactory) -> None:
+async def test_publish_pushes_each_event_to_every_watcher(
+    autojump_clock: trio.testing.MockClock, make_notebook: NotebookFactory
+) -> None:
     line = make_line(make_notebook())
     boxes = [line.subscribe()[1] for _ in range(3)]
     started = tickets.advance(line.notebook, tickets.Started(1), "t")
@@ -72,7 +76,9 @@ async def test_publish_pushes_each_event_to_every_watcher(make_notebook: Noteboo
         assert json.loads(await box.get() or "") == started[1][0].body
 
 
-async def test_publish_marks_only_progress_as_coalescable(make_notebook: NotebookFactory) -> None:
+async def test_publish_marks_only_progress_as_coalescable(
+    autojump_clock: trio.testing.MockClock, make_notebook: NotebookFactory
+) -> None:
     line = make_line(make_notebook(), watcher_buffer=1)
     _, box = line.subscribe()
     line.publish(*tickets.advance(line.notebook, tickets.Started(1), "t"))
@@ -83,7 +89,9 @@ async def test_publish_marks_only_progress_as_coalescable(make_notebook: Noteboo
     assert kinds == [("status", 0), ("progress", 3)]
 
 
-async def test_a_terminal_publish_closes_every_mailbox(make_notebook: NotebookFactory) -> None:
+async def test_a_terminal_publish_closes_every_mailbox(
+    autojump_clock: trio.testing.MockClock, make_notebook: NotebookFactory
+) -> None:
     line = make_line(make_notebook())
     _, box = line.subscribe()
     line.attempt_scope = trio.CancelScope()
@@ -93,7 +101,9 @@ async def test_a_terminal_publish_closes_every_mailbox(make_notebook: NotebookFa
     assert line.attempt_scope.cancel_called
 
 
-async def test_unsubscribe_stops_delivery(make_notebook: NotebookFactory) -> None:
+async def test_unsubscribe_stops_delivery(
+    autojump_clock: trio.testing.MockClock, make_notebook: NotebookFactory
+) -> None:
     line = make_line(make_notebook())
     _, box = line.subscribe()
     line.unsubscribe(box)
@@ -101,7 +111,9 @@ async def test_unsubscribe_stops_delivery(make_notebook: NotebookFactory) -> Non
     assert len(box) == 0
 
 
-async def test_report_after_retire_says_false(make_notebook: NotebookFactory) -> None:
+async def test_report_after_retire_says_false(
+    autojump_clock: trio.testing.MockClock, make_notebook: NotebookFactory
+) -> None:
     line = make_line(make_notebook())
     _, box = line.subscribe()
     assert await line.report(tickets.Started(1)) is True
@@ -112,6 +124,7 @@ async def test_report_after_retire_says_false(make_notebook: NotebookFactory) ->
 
 
 async def test_a_shift_handles_reports_until_the_ticket_ends(
+    autojump_clock: trio.testing.MockClock,
     make_notebook: NotebookFactory,
 ) -> None:
     line = make_line(make_notebook())
@@ -130,7 +143,9 @@ async def test_a_shift_handles_reports_until_the_ticket_ends(
     ]  # fmt: skip
 
 
-async def test_a_shift_ends_when_the_inbox_closes(make_notebook: NotebookFactory) -> None:
+async def test_a_shift_ends_when_the_inbox_closes(
+    autojump_clock: trio.testing.MockClock, make_notebook: NotebookFactory
+) -> None:
     line = make_line(make_notebook())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(butler.serve, line)
@@ -139,8 +154,23 @@ async def test_a_shift_ends_when_the_inbox_closes(make_notebook: NotebookFactory
     assert line.notebook.status is Status.QUEUED
 
 
+async def test_a_dismissed_line_finishes_its_inbox_then_the_shift_ends(
+    autojump_clock: trio.testing.MockClock,
+    make_notebook: NotebookFactory,
+) -> None:
+    line = make_line(make_notebook())
+    await line.report(tickets.Started(1))
+    line.dismiss()
+    assert await line.report(tickets.Progress(1, 3)) is False
+    with trio.fail_after(10):
+        await butler.serve(line)
+    assert line.notebook.status is Status.IN_PROGRESS
+
+
 async def test_a_butler_that_raises_leaves_the_report_in_hand(
-    make_notebook: NotebookFactory, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
+    make_notebook: NotebookFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     line = make_line(make_notebook())
     before = line.notebook
@@ -157,6 +187,7 @@ async def test_a_butler_that_raises_leaves_the_report_in_hand(
 
 
 async def test_the_next_shift_picks_up_the_report_in_hand(
+    autojump_clock: trio.testing.MockClock,
     make_notebook: NotebookFactory,
 ) -> None:
     line = make_line(make_notebook())
@@ -167,10 +198,12 @@ async def test_the_next_shift_picks_up_the_report_in_hand(
     assert (line.in_hand, line.in_hand_tries) == (None, 0)
 
 
-async def test_chaos_makes_the_butler_fall_over(make_notebook: NotebookFactory) -> None:
+async def test_chaos_makes_the_butler_fall_over(
+    autojump_clock: trio.testing.MockClock, make_notebook: NotebookFactory
+) -> None:
     line = make_line(make_notebook())
     await line.report(tickets.Started(1))
-    with pytest.raises(butler.ChaosCrash):
+    with pytest.raises(chaos.ChaosCrash):
         await butler.serve(line, crash_rate=1.0, rng=random.Random(3))
     assert line.in_hand == tickets.Started(1)
     assert line.notebook.status is Status.QUEUED

@@ -50,8 +50,8 @@ def test_queue_limits_mapping() -> None:
 
 
 def test_strings_are_kept_as_given() -> None:
-    settings = config.HotelConfig.from_env(env={"GRANDHOTEL_HOST": "0.0.0.0"})
-    assert settings.host == "0.0.0.0"
+    settings = config.HotelConfig.from_env(env={"GRANDHOTEL_HOST": "hotel.example"})
+    assert settings.host == "hotel.example"
 
 
 def test_an_empty_variable_means_the_default() -> None:
@@ -118,3 +118,28 @@ def test_settings_are_frozen() -> None:
     settings = config.HotelConfig.from_env(env={})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"pool_size": 0}, "pool_size must be at least 1"),
+        ({"butler_restart_limit": 0}, "butler_restart_limit must be at least 1"),
+        ({"watcher_buffer_events": -1}, "watcher_buffer_events must be at least 1"),
+        ({"chaos_butler_crash_rate": 1.5}, "chaos_butler_crash_rate must be within 0..1"),
+        ({"chaos_exit_at": "lunch"}, "chaos_exit_at must be one of"),
+    ],
+)
+def test_out_of_range_settings_are_refused(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        config.HotelConfig.from_env(env={}, **overrides)
+
+
+def test_out_of_range_values_from_the_environment_are_refused() -> None:
+    with pytest.raises(ValueError, match="pool_size"):
+        config.HotelConfig.from_env(env={"GRANDHOTEL_POOL_SIZE": "0"})
+
+
+def test_a_known_chaos_exit_point_is_accepted() -> None:
+    settings = config.HotelConfig.from_env(env={"GRANDHOTEL_CHAOS_EXIT_AT": "after_claim"})
+    assert settings.chaos_exit_at == "after_claim"

@@ -81,11 +81,19 @@ async def test_frames_at_or_below_after_are_skipped() -> None:
 
 
 async def test_control_frames_keep_their_place() -> None:
-    box = mailbox.Mailbox(capacity=1, after=10)
-    box.push(11, "p11", coalescable=True)
+    box = mailbox.Mailbox(capacity=8, after=10)
+    box.push(11, "status", coalescable=False)
     box.push_control("pong")
     box.push(12, "p12", coalescable=True)
-    assert await drain(box) == ["pong", "p12"]
+    assert await drain(box) == ["status", "pong", "p12"]
+
+
+async def test_coalescing_never_drops_a_control_frame() -> None:
+    box = mailbox.Mailbox(capacity=1)
+    box.push(1, "p1", coalescable=True)
+    box.push_control("pong")
+    box.push(2, "p2", coalescable=True)
+    assert await drain(box) == ["pong", "p2"]
 
 
 async def test_close_then_drain_ends_with_none() -> None:

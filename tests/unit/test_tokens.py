@@ -59,3 +59,20 @@ def test_no_stored_hash_never_matches() -> None:
 )
 def test_bearer(header: str | None, expected: str | None) -> None:
     assert tokens.bearer(header) == expected
+
+
+def test_matches_any_finds_the_token_among_several() -> None:
+    token = tokens.mint()
+    stored = [tokens.digest(tokens.mint()), tokens.digest(token), tokens.digest(tokens.mint())]
+    assert tokens.matches_any(token, stored) is True
+
+
+def test_matches_any_without_the_token() -> None:
+    stored = [tokens.digest(tokens.mint()) for _ in range(3)]
+    assert tokens.matches_any(tokens.mint(), stored) is False
+    assert tokens.matches_any(None, stored) is False
+
+
+def test_matches_any_with_no_stored_hashes() -> None:
+    assert tokens.matches_any(tokens.mint(), []) is False
+    assert tokens.matches_any(None, []) is False

@@ -65,10 +65,12 @@ class Notifier:
         task_status.started()
         failures = 0
         while True:
+            reconnects = self.reconnects
             try:
                 await self._listen()
             except (psycopg.Error, OSError, trio.TooSlowError) as ex:
-                failures += 1
+                # Back off from the first failure again after any good connection.
+                failures = 1 if self.reconnects > reconnects else failures + 1
                 self.connected = False
                 logger.warning("LISTEN connection lost (%s); reconnecting", type(ex).__name__)
             delay = backoff.delay(
