@@ -80,6 +80,9 @@ class HotelConfig:
     butler_restart_window_seconds: float = 5.0
     butler_restart_backoff_seconds: float = 0.05
     butler_restart_backoff_max_seconds: float = 1.0
+    restart_alarm_per_minute: int = 120
+    """Hotel-wide butler restarts per minute above which an alarm is logged (only
+    logged: one ticket's trouble never stops the others)."""
     butler_inbox_size: int = 64
     butler_redeliveries: int = 2
     """How often a message that crashed a butler is handed to its replacement."""
@@ -91,7 +94,16 @@ class HotelConfig:
 
     # --- concierges (WebSocket watchers) ---
     watcher_buffer_events: int = 32
+    """Progress frames a watcher's mailbox holds before it coalesces them."""
     write_deadline_seconds: float = 10.0
+    """A frame not written within this is a stuck reader: closed with 1008."""
+    ws_ping_interval_seconds: float = 10.0
+    """The server pings every WebSocket this often; live clients answer."""
+    idle_timeout_seconds: float = 30.0
+    """A connection that sends nothing (no request, no pong) this long is dropped:
+    dead peers, guests that stopped reading, half-finished requests."""
+    ws_max_message_bytes: int = 64 * 1024
+    """A bigger message from a guest closes the WebSocket with 1009."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HotelConfig:

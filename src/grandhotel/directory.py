@@ -45,6 +45,10 @@ class Directory(Generic[LineT]):
         """The line of the butler on duty for ``ticket_id``, or None."""
         return self._lines.get(ticket_id)
 
+    def lines(self) -> list[LineT]:
+        """The lines of every butler on duty (a copy)."""
+        return list(self._lines.values())
+
     def ticket_ids(self) -> list[str]:
         """The tickets with a butler on duty (a copy)."""
         return list(self._lines)

@@ -75,6 +75,7 @@ class FrontDesk:
         app.add_url_rule("/tickets/<ticket_id>", "read", self.read, methods=["GET"])
         app.add_url_rule("/tickets/<ticket_id>", "cancel", self.cancel, methods=["DELETE"])
         app.add_url_rule("/guests/<guest>/history", "history", self.history, methods=["GET"])
+        app.add_url_rule("/stats", "stats", self.stats, methods=["GET"])
         app.add_url_rule("/healthz", "healthz", self.healthz, methods=["GET"])
         app.add_url_rule("/readyz", "readyz", self.readyz, methods=["GET"])
         app.register_error_handler(problems.Problem, problem_reply)
@@ -148,6 +149,11 @@ class FrontDesk:
         limit = self._limit(request.args.get("limit", "100"))
         records = await self.hotel.safe.guest_history(guest, limit)
         return reply({"guest": guest, "records": records})
+
+    async def stats(self) -> Response:
+        """``GET /stats``: what an operator watches (operator token); no query."""
+        self._require_operator()
+        return reply(self.hotel.stats())
 
     async def healthz(self) -> Response:
         """``GET /healthz``: the process is alive."""

@@ -141,6 +141,9 @@ class Hotel:
         hc.bind = [f"{self.settings.host}:{self.settings.port}"]
         hc.backlog = self.settings.listen_backlog
         hc.graceful_timeout = self.settings.shutdown_grace_seconds
+        hc.read_timeout = self.settings.idle_timeout_seconds  # type: ignore[assignment]
+        hc.websocket_ping_interval = self.settings.ws_ping_interval_seconds
+        hc.websocket_max_message_size = self.settings.ws_max_message_bytes
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         app = front_desk.make_app(self)
@@ -213,6 +216,23 @@ class Hotel:
         row["attempt"] = int(job["attempt"]) - 1
         notebook = tickets.restore(row, tickets.first_seq(job["epoch"]))
         return self.supervisor.hire(notebook, [bytes(h) for h in job["token_hashes"]])
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for operators (``GET /stats``), all from memory."""
+        sup = self.supervisor
+        return {
+            "node": self.settings.node_name,
+            "draining": self.draining,
+            "butlers_on_duty": sup.on_duty,
+            "watchers": sum(len(line.watchers) for line in self.lines.lines()),
+            "butler_restarts": sup.restarts,
+            "butler_restarts_last_minute": sup.restarts_last_minute,
+            "butlers_given_up": sup.given_up,
+            "restart_alarms": sup.alarms,
+            "jobs_running": dict(self.laundry.running),
+            "listening": self.laundry.notifier.connected,
+            "safe_connections_borrowed": self.pool.borrowed,
+        }
 
     async def locate(
         self, ticket_id: uuid.UUID | str, token: str | None, *, check_token: bool = True

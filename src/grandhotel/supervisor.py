@@ -63,6 +63,10 @@ class Supervisor:
         self.restarts = 0
         """Butler restarts since start-up, hotel-wide (operators read it)."""
         self.given_up = 0
+        self.alarms = 0
+        """How often the hotel-wide restart rate went over the alarm threshold."""
+        self._recent = backoff.Intensity(settings.restart_alarm_per_minute, 60.0)
+        self._alarmed_at = -float("inf")
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -120,11 +124,28 @@ class Supervisor:
             self.lines.unregister(line.ticket_id, line)
             line.retire()
 
+    @property
+    def restarts_last_minute(self) -> int:
+        """Hotel-wide butler restarts within the last minute (as last recorded)."""
+        return len(self._recent)
+
+    def _count_restart(self) -> None:
+        self.restarts += 1
+        now = trio.current_time()
+        if not self._recent.allow(now) and now - self._alarmed_at > 60.0:
+            self._alarmed_at = now
+            self.alarms += 1
+            logger.error(
+                "ALARM: %d butler restarts in the last minute (threshold %d); "
+                "every butler keeps working, but something is wrong",
+                len(self._recent), self.settings.restart_alarm_per_minute,
+            )  # fmt: skip
+
     async def _replace(
         self, line: butler.Line, intensity: backoff.Intensity, crash: Exception
     ) -> bool:
         """Decide about a sick butler; True once a replacement may start."""
-        self.restarts += 1
+        self._count_restart()
         logger.warning(
             "butler of ticket %s fell over (%s); restart %d",
             line.ticket_id, type(crash).__name__, len(intensity) + 1,
@@ -156,11 +177,24 @@ class Supervisor:
         return True
 
     def _drop_poison(self, line: butler.Line) -> None:
+        """Give up redelivering a report that keeps crashing butlers.
+
+        A progress or status report is dropped (the next one carries the whole
+        state anyway). An ending is never dropped: the safe already holds it, so
+        it is published to the watchers directly, without a butler.
+        """
         line.in_hand_tries += 1
-        if line.in_hand is not None and line.in_hand_tries > self.settings.butler_redeliveries:
+        if line.in_hand is None or line.in_hand_tries <= self.settings.butler_redeliveries:
+            return
+        if isinstance(line.in_hand, tickets.Ended):
+            try:
+                line.publish(*tickets.advance(line.notebook, line.in_hand, butler.utc_now()))
+            except Exception:
+                logger.exception("could not publish the ending of ticket %s", line.ticket_id)
+        else:
             logger.error(
                 "dropping a report that crashed %d butlers of ticket %s: %r",
                 line.in_hand_tries, line.ticket_id, line.in_hand,
             )  # fmt: skip
-            line.in_hand = None
-            line.in_hand_tries = 0
+        line.in_hand = None
+        line.in_hand_tries = 0
