@@ -52,6 +52,9 @@ class HotelConfig:
     replay_tokens_max: int = 16
     """Tokens a ticket may hold: each idempotent replay of its POST gets its own."""
 
+    bench_routes: bool = False
+    """Serve the bare comparison routes under /_bench (benchmarks only)."""
+
     # --- the laundry (job executor) ---
     queue_limits: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"default": 1000})
     """Attempts running at once per queue; a queue not listed gets ``default``."""

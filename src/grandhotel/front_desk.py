@@ -23,7 +23,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from grandhotel import butler, checkout, concierge, problems, tickets, tokens
+from grandhotel import bench_routes, butler, checkout, concierge, problems, tickets, tokens
 from grandhotel.safe import vault
 
 if TYPE_CHECKING:
@@ -262,6 +262,9 @@ def make_app(hotel: Hotel) -> QuartTrio:
     """The ASGI app: front desk routes plus the concierge's WebSocket."""
     app = QuartTrio("grandhotel")
     app.config["MAX_CONTENT_LENGTH"] = hotel.settings.max_body_bytes
-    FrontDesk(hotel).install(app)
+    desk = FrontDesk(hotel)
+    desk.install(app)
     concierge.Concierge(hotel).install(app)
+    if hotel.settings.bench_routes:
+        bench_routes.install(app, desk)
     return app

@@ -332,3 +332,30 @@ async def test_history_needs_the_operator_token(start_hotel: Any) -> None:
     [record] = history.json()["records"]
     assert (record["ticket_id"], record["outcome"]) == (ticket["id"], "completed")
     assert (health.status_code, ready.status_code) == (200, 200)
+
+
+async def test_bench_routes_are_off_by_default_and_answer_like_the_real_ones(
+    start_hotel: Any, query: Any
+) -> None:
+    _, plain = await start_hotel()
+    _, bench = await start_hotel(bench_routes=True)
+    body = {"service": "laundry", "args": {"suits": 3}, "guest": "room-1"}
+    async with httpx.AsyncClient() as client:
+        off = await client.post(f"{plain}/_bench/tickets", json=body)
+        bare = await client.post(f"{bench}/_bench/tickets", json=body)
+        real = await client.post(f"{bench}/tickets", json=body)
+    assert off.status_code == 404
+    assert bare.status_code == real.status_code == 201
+    assert set(bare.json()) == set(real.json())
+    assert query("SELECT count(*) FROM tickets") == [(1,)]  # the bare route wrote nothing
+    async with trio_websocket.open_websocket_url(
+        bench.replace("http", "ws") + "/_bench/live?frames=3"
+    ) as ws:
+        frames = [json.loads(await ws.get_message()) for _ in range(5)]
+    assert [f["type"] for f in frames] == [
+        "snapshot",
+        "progress",
+        "progress",
+        "progress",
+        "completed",
+    ]
