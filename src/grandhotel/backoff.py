@@ -39,3 +39,28 @@ class Intensity:
 
     def __len__(self) -> int:
         return len(self._times)
+
+
+class TokenBucket:
+    """``rate`` events per second on average, ``burst`` at once (a rate limit).
+
+    Args:
+        rate: tokens added per second.
+        burst: the most tokens held.
+        now: the time the bucket starts, full.
+    """
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token at ``now``; False when none is left (over the limit)."""
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

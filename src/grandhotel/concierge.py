@@ -17,19 +17,26 @@ a mailbox closed without one means the server is going away: 1001.
 
 A finished ticket's session is the snapshot from the safe, the terminal event,
 and 1000.
+
+Guests are held to a few rules (limits in config): binary frames close with
+1003, text that is not a JSON object with 1007, any other message than
+``ping``/``cancel`` or more than ``guest_messages_per_second`` with 1008, a
+message over ``ws_max_message_bytes`` with 1009 (hypercorn), and at most
+``max_watchers_per_ticket`` watch one ticket (HTTP 429 before the upgrade).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Final
 
 import trio
 from quart import Response, websocket
 from quart_trio import QuartTrio
 
-from grandhotel import butler, checkout, mailbox, problems, tickets, tokens
+from grandhotel import backoff, butler, checkout, mailbox, problems, tickets, tokens
 from grandhotel.safe import vault
 
 if TYPE_CHECKING:
@@ -40,7 +47,15 @@ logger = logging.getLogger(__name__)
 SUBPROTOCOL_PREFIX: Final = "bearer."
 CLOSE_DONE: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_UNSUPPORTED: Final = 1003
+CLOSE_INVALID: Final = 1007
 CLOSE_POLICY: Final = 1008
+REASONS: Final = {
+    CLOSE_GOING_AWAY: "the server is going away; resume with ?after=",
+    CLOSE_UNSUPPORTED: "send JSON text frames",
+    CLOSE_INVALID: "send a JSON object",
+    CLOSE_POLICY: 'policy: send {"type": "ping"} or {"type": "cancel"}, slowly; read promptly',
+}
 PONG: Final = json.dumps({"type": "pong"})
 
 
@@ -91,6 +106,8 @@ class Concierge:
         if found is None:
             return refuse(404, "no such ticket")
         line, notebook = found
+        if line is not None and len(line.watchers) >= self.hotel.settings.max_watchers_per_ticket:
+            return refuse(429, "too many watchers on this ticket")
         await websocket.accept(subprotocol=subprotocol)
         if line is None:
             await self._archived(notebook, after)
@@ -108,14 +125,22 @@ class Concierge:
 
     async def _attend(self, line: butler.Line, after: int) -> None:
         snapshot, box = line.subscribe(after)
+        codes: list[int] = []
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._listen, line, box)
-                code = await self._deliver(snapshot, box, line)
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(self._until, nursery.cancel_scope, codes,
+                                   self._deliver(snapshot, box, line))  # fmt: skip
+                nursery.start_soon(self._until, nursery.cancel_scope, codes,
+                                   self._listen(line, box))  # fmt: skip
         finally:
             line.unsubscribe(box)
-        await websocket.close(code)
+        await websocket.close(codes[0], REASONS.get(codes[0], ""))
+
+    @staticmethod
+    async def _until(scope: trio.CancelScope, codes: list[int], part: Awaitable[int]) -> None:
+        """Run one half of a session; the first half to end decides the close code."""
+        codes.append(await part)
+        scope.cancel()
 
     async def _deliver(self, snapshot: str, box: mailbox.Mailbox, line: butler.Line) -> int:
         """Write the snapshot and every event; return the close code."""
@@ -132,20 +157,23 @@ class Concierge:
             frame = await box.get()
         return CLOSE_DONE if line.notebook.status.terminal else CLOSE_GOING_AWAY
 
-    async def _listen(self, line: butler.Line, box: mailbox.Mailbox) -> None:
-        """Answer the guest: ``ping`` -> ``pong``, ``cancel`` -> checkout."""
+    async def _listen(self, line: butler.Line, box: mailbox.Mailbox) -> int:
+        """Answer the guest (``ping`` -> ``pong``, ``cancel``); a close code on abuse."""
+        settings = self.hotel.settings
+        bucket = backoff.TokenBucket(
+            settings.guest_messages_per_second, settings.guest_message_burst, trio.current_time()
+        )
         while True:
             message = await websocket.receive()
-            request = _parse(message)
-            kind = request.get("type") if request else None
+            if not bucket.take(trio.current_time()):
+                return CLOSE_POLICY
+            kind, code = classify(message)
+            if code is not None:
+                return code
             if kind == "ping":
                 box.push_control(PONG)
-            elif kind == "cancel":
-                await self._cancel(line, box)
             else:
-                box.push_control(
-                    json.dumps({"type": "error", "detail": 'send {"type": "ping"} or cancel'})
-                )
+                await self._cancel(line, box)
 
     async def _cancel(self, line: butler.Line, box: mailbox.Mailbox) -> None:
         try:
@@ -160,11 +188,21 @@ class Concierge:
             )
 
 
-def _parse(message: str | bytes) -> dict[str, Any] | None:
+def classify(message: str | bytes) -> tuple[str | None, int | None]:
+    """A guest's message as ``(kind, None)``, or ``(None, close code)`` when refused.
+
+    Binary frames: 1003. Text that is not a JSON object: 1007. An object whose
+    ``type`` is not ``ping`` or ``cancel``: 1008.
+    """
     if isinstance(message, bytes):
-        return None
+        return None, CLOSE_UNSUPPORTED
     try:
         parsed = json.loads(message)
     except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
+        return None, CLOSE_INVALID
+    if not isinstance(parsed, dict):
+        return None, CLOSE_INVALID
+    kind = parsed.get("type")
+    if kind not in ("ping", "cancel"):
+        return None, CLOSE_POLICY
+    return kind, None

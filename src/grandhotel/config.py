@@ -44,8 +44,18 @@ class HotelConfig:
     """A statement (with its wait for a connection) taking longer means the safe is away."""
     migrate_on_start: bool = True
 
-    # --- the front desk ---
+    # --- the front desk and its doors ---
     max_body_bytes: int = 64 * 1024
+    max_args_bytes: int = 8 * 1024
+    """A service request's ``args``, as JSON, may not be bigger (422)."""
+    max_connections: int = 20_000
+    """Requests and WebSockets open at once, hotel-wide (more get 503)."""
+    max_connections_per_client: int = 1_000
+    """Requests and WebSockets open at once from one client address (more get 429)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Exact ``Origin`` values browsers may open WebSockets from (others get 403)."""
+    allow_missing_origin: bool = True
+    """Allow WebSockets without ``Origin`` (scripts and mobile apps send none)."""
     listen_backlog: int = 4096
     """Above hypercorn's 100: thousands of WebSocket clients connect at once."""
     shutdown_grace_seconds: float = 10.0
@@ -107,6 +117,11 @@ class HotelConfig:
     dead peers, guests that stopped reading, half-finished requests."""
     ws_max_message_bytes: int = 64 * 1024
     """A bigger message from a guest closes the WebSocket with 1009."""
+    max_watchers_per_ticket: int = 32
+    """More WebSockets on one ticket are refused (429)."""
+    guest_messages_per_second: float = 5.0
+    guest_message_burst: int = 20
+    """A guest sending faster than this (token bucket) is closed with 1008."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HotelConfig:
@@ -153,6 +168,9 @@ def _parse(name: str, raw: str, default: Any) -> Any:
             return int(raw)
         if isinstance(default, float):
             return float(raw)
+        if isinstance(default, tuple):
+            # "https://a.example,https://b.example"
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
         if isinstance(default, Mapping):
             # "default=1000,mail=10"
             pairs = (item.split("=", 1) for item in raw.split(",") if item.strip())

@@ -81,6 +81,7 @@ class FrontDesk:
         app.register_error_handler(problems.Problem, problem_reply)
         app.register_error_handler(HTTPException, self._http_error)
         app.register_error_handler(vault.SafeUnavailable, self._safe_away)
+        app.register_error_handler(Exception, self._bug)
 
     # --- tickets -----------------------------------------------------------------
 
@@ -130,14 +131,17 @@ class FrontDesk:
         line, notebook = await self._find(parsed)
         if notebook.status.terminal:
             raise problems.Problem(409, f"the ticket has already ended: {notebook.status}")
+        reason = "cancelled by the guest"
         try:
-            await self.hotel.checkout.end(
-                notebook, line, tickets.Status.CANCELLED, "cancelled by the guest"
-            )
+            record = await self.hotel.checkout.end(notebook, line, tickets.Status.CANCELLED, reason)
         except checkout.AlreadyEnded as ended:
             outcome = ended.record["outcome"] if ended.record else "ended"
             raise problems.Problem(409, f"the ticket has already ended: {outcome}") from None
-        return reply(tickets.view((await self._find(parsed))[1]), 202)
+        # The butler may not have handled the ending yet: show what it will show.
+        current = line.notebook if line is not None else notebook
+        ending = tickets.Ended(tickets.Status.CANCELLED, record, reason)
+        cancelled, _ = tickets.advance(current, ending, butler.utc_now())
+        return reply(tickets.view(cancelled), 202)
 
     # --- operators and probes ------------------------------------------------------
 
@@ -218,8 +222,13 @@ class FrontDesk:
             raise problems.Problem(422, f"service must be one of: {offered}")
         if not isinstance(guest, str) or not GUEST_PATTERN.fullmatch(guest):
             raise problems.Problem(422, "guest must be 1-64 of A-Z a-z 0-9 . _ : @ -")
+        raw_args = body.get("args", {})
+        if len(json.dumps(raw_args)) > self.hotel.settings.max_args_bytes:
+            raise problems.Problem(
+                422, f"args must be at most {self.hotel.settings.max_args_bytes} bytes of JSON"
+            )
         try:
-            args = service.args.validate(body.get("args", {}))
+            args = service.args.validate(raw_args)
         except ValueError as ex:
             raise problems.Problem(422, str(ex)) from None
         return service, args, guest
@@ -250,6 +259,10 @@ class FrontDesk:
     async def _http_error(self, error: HTTPException) -> Response:
         status = error.code or 500
         return problem_reply(problems.Problem(status, error.description or error.name))
+
+    async def _bug(self, error: Exception) -> Response:
+        logger.error("unexpected error in %s %s", request.method, request.path, exc_info=error)
+        return problem_reply(problems.Problem(500, "something went wrong on our side"))
 
     async def _safe_away(self, error: vault.SafeUnavailable) -> Response:
         logger.warning("the safe is unreachable: %s", error)

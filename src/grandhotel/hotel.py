@@ -31,6 +31,7 @@ from grandhotel import (
     checkpoints,
     config,
     directory,
+    doors,
     front_desk,
     laundry,
     services,
@@ -146,9 +147,9 @@ class Hotel:
         hc.websocket_max_message_size = self.settings.ws_max_message_bytes
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
-        app = front_desk.make_app(self)
+        self.doors = doors.Doors(front_desk.make_app(self), self.settings)
         await hypercorn.trio.serve(
-            app, hc, shutdown_trigger=self._doors_closed.wait, task_status=task_status
+            self.doors, hc, shutdown_trigger=self._doors_closed.wait, task_status=task_status
         )
 
     async def _drain(self, staff: trio.CancelScope, quarters: trio.CancelScope) -> None:
