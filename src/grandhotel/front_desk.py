@@ -19,11 +19,20 @@ import uuid
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from quart import Response, request
+from quart import Response, current_app, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from grandhotel import bench_routes, butler, checkout, concierge, problems, tickets, tokens
+from grandhotel import (
+    bench_routes,
+    butler,
+    checkout,
+    concierge,
+    openapi,
+    problems,
+    tickets,
+    tokens,
+)
 from grandhotel.safe import vault
 
 if TYPE_CHECKING:
@@ -32,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GUEST_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+IDEMPOTENCY_KEY: Final = re.compile(r"[!-~]{1,255}")
 TICKET_FIELDS: Final = frozenset({"service", "args", "guest"})
 HISTORY_LIMIT_MAX: Final = 500
 READY_TIMEOUT_SECONDS: Final = 2.0
@@ -78,6 +88,7 @@ class FrontDesk:
         app.add_url_rule("/stats", "stats", self.stats, methods=["GET"])
         app.add_url_rule("/healthz", "healthz", self.healthz, methods=["GET"])
         app.add_url_rule("/readyz", "readyz", self.readyz, methods=["GET"])
+        app.add_url_rule("/openapi.json", "openapi", self.openapi, methods=["GET"])
         app.register_error_handler(problems.Problem, problem_reply)
         app.register_error_handler(HTTPException, self._http_error)
         app.register_error_handler(vault.SafeUnavailable, self._safe_away)
@@ -90,7 +101,7 @@ class FrontDesk:
         body = await self._json_body()
         service, args, guest = self._validate(body)
         hotel = self.hotel
-        key = request.headers.get("Idempotency-Key")
+        key = self._idempotency_key()
         token = tokens.mint()
         ticket_id = uuid.uuid4()
         new = vault.NewTicket(
@@ -159,6 +170,11 @@ class FrontDesk:
         self._require_operator()
         return reply(self.hotel.stats())
 
+    async def openapi(self) -> Response:
+        """``GET /openapi.json``: this API, generated from the routes and services."""
+        hotel = self.hotel
+        return reply(openapi.document(current_app, hotel.catalogue, hotel.settings))  # type: ignore[arg-type]
+
     async def healthz(self) -> Response:
         """``GET /healthz``: the process is alive."""
         return reply({"status": "ok"})
@@ -173,6 +189,13 @@ class FrontDesk:
         raise problems.Problem(503, "the safe does not answer")
 
     # --- helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def _idempotency_key() -> str | None:
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            raise problems.Problem(422, "Idempotency-Key must be 1-255 visible ASCII characters")
+        return key
 
     def _token(self) -> str | None:
         return tokens.bearer(request.headers.get("Authorization"))

@@ -19,8 +19,9 @@ this is the only module that does, and pyproject pins psycopg's minor version.
 Cancellation
 ------------
 A trio cancel that lands while a statement is on the wire leaves libpq in the
-ACTIVE state with the rest of the result unread: the connection is closed on the
-spot (``wait`` does it), so nobody reuses a connection in an unknown state. A
+ACTIVE state with the rest of the result unread: ``wait`` sends the server a
+cancel request (closing the socket alone would leave the statement running,
+locks held) and closes the connection, so nobody reuses it in an unknown state. A
 cancel between statements leaves an open transaction (INTRANS or INERROR): the
 pool rolls it back before reuse (see ``pool.py``).
 """
@@ -49,6 +50,7 @@ _WAIT_W = Wait.W
 _READY_R = Ready.R
 _READY_W = Ready.W
 _ACTIVE = pq.TransactionStatus.ACTIVE
+CANCEL_REQUEST_SECONDS = 1.0  # bound on asking the server to stop a cancelled statement
 
 
 def _writable_now(fileno: int) -> bool:
@@ -175,10 +177,22 @@ class TrioConnection(psycopg.AsyncConnection[TupleRow]):
         """
         try:
             return await drive(gen, self.pgconn.socket)
-        except trio.Cancelled:
+        except BaseException:  # Cancelled, alone or in a group (the read-write wait)
             if self.pgconn.transaction_status == _ACTIVE:
+                await self._cancel_on_server()
                 self.abandon()
             raise
+
+    async def _cancel_on_server(self) -> None:
+        """Ask the server to stop the statement (closing the socket would not stop it).
+
+        Shielded and bounded: a cancel must not wait on a server that is away.
+        """
+        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_REQUEST_SECONDS):
+            try:
+                await drive_connect(self._cancel_gen())
+            except (psycopg.Error, OSError) as ex:
+                logger.debug("cancel request failed: %s", ex)
 
     def abandon(self) -> None:
         """Close the connection at once, without a round trip (it may be stuck)."""
