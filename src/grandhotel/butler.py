@@ -95,7 +95,7 @@ class Line:
     def subscribe(self, after: int = 0) -> tuple[str, mailbox.Mailbox]:
         """A snapshot frame and a mailbox that gets every later event, atomically."""
         box = mailbox.Mailbox(self.watcher_buffer, after=max(after, self.notebook.seq))
-        if self.notebook.status.terminal:
+        if self.notebook.status.terminal or self.retired.is_set():
             box.close()
         else:
             self.watchers.add(box)

@@ -153,6 +153,8 @@ class Supervisor:
             extra={"ticket": line.ticket_id},
         )  # fmt: skip
         self._drop_poison(line)
+        if line.notebook.status.terminal:
+            return False  # the ending was published without a butler: nothing left to do
         if not intensity.allow(trio.current_time()):
             self.given_up += 1
             reason = (
