@@ -7,6 +7,7 @@ errors: a missing PostgreSQL is a failure, never a skip.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import uuid
@@ -17,7 +18,8 @@ import psycopg
 import pytest
 import trio
 
-from grandhotel import config, hotel, services
+import helpers
+from grandhotel import config, hotel, services, tokens
 from grandhotel.safe import pool, vault
 
 ADMIN_URL = os.environ.get(
@@ -117,3 +119,45 @@ async def start_hotel(nursery: trio.Nursery, database_url: str) -> AsyncIterator
     yield start
     for the_hotel in started:
         the_hotel.stop()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test: no token minted during it appears in any log line it caused.
+
+    grandhotel's own loggers log at DEBUG for the check; every other logger at
+    its usual level. Server subprocesses are checked by ``servers.ServerProcess``.
+    """
+    minted: list[str] = []
+    real_mint = tokens.mint
+
+    def mint() -> str:
+        token = real_mint()
+        minted.append(token)
+        return token
+
+    monkeypatch.setattr(tokens, "mint", mint)
+    collect = _Collect()
+    ours = logging.getLogger("grandhotel")
+    level = ours.level
+    ours.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(collect)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(collect)
+        ours.setLevel(level)
+    text = "\n".join(collect.lines)
+    leaked = [token for token in minted + helpers.TOKENS if token in text]
+    helpers.TOKENS.clear()
+    assert not leaked, f"{len(leaked)} token(s) appear in the logs"

@@ -9,6 +9,9 @@ import httpx
 import trio
 import trio_websocket
 
+TOKENS: list[str] = []
+"""Tokens handed out to the current test (checked against every log)."""
+
 
 def ws_url(base_url: str, ticket_id: str, after: int | None = None) -> str:
     """The ``/live`` URL of a ticket on a server at ``base_url``."""
@@ -29,6 +32,7 @@ async def create(
     response = await client.post("/tickets", json=body, headers=headers)
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
+    TOKENS.append(created["token"])
     return created
 
 

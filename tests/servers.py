@@ -12,6 +12,8 @@ from typing import Any
 
 import trio
 
+import helpers
+
 SERVING = re.compile(r"serving on (http://\S+)")
 
 
@@ -85,7 +87,11 @@ class ServerProcess:
             await self.wait()
 
     async def close(self) -> None:
-        """Make sure the process is gone (test teardown)."""
+        """Make sure the process is gone (test teardown); no token in any of its logs."""
         if self.process is not None and self.process.poll() is None:
             self.send(signal.SIGCONT)
             await self.kill()
+        for log in self.log_dir.glob(f"{self.node_name}.*.log"):
+            text = log.read_text(errors="replace")
+            leaked = [token for token in helpers.TOKENS if token in text]
+            assert not leaked, f"{len(leaked)} token(s) appear in {log.name}"

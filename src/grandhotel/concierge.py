@@ -64,9 +64,14 @@ def handshake_token() -> tuple[str | None, str | None]:
     token = tokens.bearer(websocket.headers.get("Authorization"))
     if token is not None:
         return token, None
-    for offered in websocket.requested_subprotocols:
-        if offered.startswith(SUBPROTOCOL_PREFIX) and len(offered) > len(SUBPROTOCOL_PREFIX):
-            return offered[len(SUBPROTOCOL_PREFIX) :], "bearer"
+    offered = websocket.requested_subprotocols
+    for protocol in offered:
+        if protocol.startswith(SUBPROTOCOL_PREFIX) and len(protocol) > len(SUBPROTOCOL_PREFIX):
+            # The answer must be one of the offered protocols: "bearer" when the
+            # browser offered it too (recommended), else the one carrying the token.
+            return protocol[
+                len(SUBPROTOCOL_PREFIX) :
+            ], "bearer" if "bearer" in offered else protocol
     return None, None
 
 

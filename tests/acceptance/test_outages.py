@@ -9,13 +9,12 @@ import httpx
 import psycopg
 import pytest
 import trio
-from conftest import ADMIN_URL
-from helpers import Watch, assert_one_stream, bearer, create, watch
-from proxy import CuttableProxy
 
 from grandhotel import schemas, services
 from grandhotel.safe import notifier
 from grandhotel.services import laundry
+from helpers import Watch, assert_one_stream, bearer, create, watch
+from proxy import CuttableProxy
 
 UNFINISHED = "SELECT count(*) FROM tickets WHERE status IN ('queued', 'in_progress', 'retrying')"
 

@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from helpers import Watch, assert_gap_free, assert_one_stream, bearer, create, watch
 
 from grandhotel import schemas, services, tickets
 from grandhotel.services import laundry
+from helpers import Watch, assert_gap_free, assert_one_stream, bearer, create, watch
 
 
 async def watch_into(base: str, ticket: dict[str, Any], result: Watch) -> None:
