@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
 import signal
@@ -31,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8000; 0 picks one)")
     serve.add_argument("--node-name", help="this node's name in the safe (default host:pid)")
     migrate = commands.add_parser("migrate", help="apply the safe's migrations and exit")
+    commands.add_parser(
+        "bench", help="run a benchmark scenario (from a source checkout; see bench/README.md)",
+        add_help=False,
+    )  # fmt: skip
     watch = commands.add_parser("watch", help="print a ticket's live events (a guest)")
     watch.add_argument(
         "url", help="the ticket's ws:// URL, e.g. ws://127.0.0.1:8000/tickets/ID/live"
@@ -88,8 +93,27 @@ async def _migrate(settings: config.HotelConfig) -> None:
           else "grandhotel: the safe is up to date")  # fmt: skip
 
 
+def _bench(argv: list[str]) -> int:
+    """``grandhotel bench ...``: the harness lives in the repository's ``bench/``."""
+    sys.path.insert(0, os.getcwd())
+    try:
+        bench_cli = importlib.import_module("bench.cli")
+    except ImportError:
+        print(
+            "grandhotel: run `grandhotel bench` from a grandhotel source checkout "
+            "(the harness is its bench/ folder), with the bench extra installed",
+            file=sys.stderr,
+        )
+        return 2
+    result: int = bench_cli.main(argv)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``grandhotel`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     options = _parser().parse_args(argv)
     if options.command == "watch":
         return guest.main(options.url, options.token, options.cancel)
