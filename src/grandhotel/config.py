@@ -59,6 +59,9 @@ class HotelConfig:
     listen_backlog: int = 4096
     """Above hypercorn's 100: thousands of WebSocket clients connect at once."""
     shutdown_grace_seconds: float = 10.0
+    gc_gen0_threshold: int = 50_000
+    """Python's default (700) lets the cyclic GC dominate CPU with thousands of
+    open connections (architecture.md); the server also freezes what start-up made."""
     replay_tokens_max: int = 16
     """Tokens a ticket may hold: each idempotent replay of its POST gets its own."""
 
