@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 import trio
 
 from grandhotel import config, embedded, guest, hotel
+from grandhotel.safe import vault
 
 logger = logging.getLogger("grandhotel")
 
@@ -134,14 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "port": getattr(options, "port", None),
         "node_name": getattr(options, "node_name", None),
     }
+    code = 0
     try:
         settings = config.HotelConfig.from_env(**overrides)
         with _database(settings) as ready:
             trio.run(_serve if options.command == "serve" else _migrate, ready)
-    except (ValueError, embedded.EmbeddedUnavailable) as ex:
-        print(f"grandhotel: {ex}", file=sys.stderr)
-        return 2
-    return 0
+    except* (ValueError, embedded.EmbeddedUnavailable) as group:
+        print(f"grandhotel: {group.exceptions[0]}", file=sys.stderr)
+        code = 2
+    except* vault.SafeUnavailable as group:
+        print(f"grandhotel: cannot reach the database: {group.exceptions[0]}", file=sys.stderr)
+        code = 3
+    return code
 
 
 if __name__ == "__main__":
