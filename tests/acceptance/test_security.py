@@ -344,3 +344,73 @@ async def test_idle_half_open_connections_are_dropped(start_hotel: Any) -> None:
 
 async def _watch_into(base: str, ticket: dict[str, Any], result: Watch) -> None:
     await watch(base, ticket["id"], ticket["token"], result=result)
+
+
+@pytest.mark.parametrize(
+    ("limits", "status"),
+    [({"max_connections_per_client": 3}, 429), ({"max_connections": 3}, 503)],
+)
+async def test_connection_limits(start_hotel: Any, limits: dict[str, int], status: int) -> None:
+    the_hotel, base = await start_hotel(laundry_step_seconds=600, **limits)
+    async with httpx.AsyncClient(base_url=base) as client:
+        ticket = await create(client)
+    auth = [("Authorization", f"Bearer {ticket['token']}")]
+    async with (
+        trio_websocket.open_websocket_url(ws_url(base, ticket["id"]), extra_headers=auth),
+        trio_websocket.open_websocket_url(ws_url(base, ticket["id"]), extra_headers=auth),
+        trio_websocket.open_websocket_url(ws_url(base, ticket["id"]), extra_headers=auth),
+    ):
+        with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+            await watch(base, ticket["id"], ticket["token"])
+        async with httpx.AsyncClient(base_url=base) as client:
+            refused = await client.get("/healthz")
+    assert rejected.value.status_code == status
+    assert refused.status_code == status
+    assert refused.headers["content-type"] == "application/problem+json"
+    async with httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/healthz")).status_code == 200  # freed again
+    assert the_hotel.doors.refused[status] == 2
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped(start_hotel: Any) -> None:
+    _, base = await start_hotel(
+        ws_ping_interval_seconds=0.1, idle_timeout_seconds=0.5, laundry_step_seconds=600
+    )
+    async with httpx.AsyncClient(base_url=base) as client:
+        ticket = await create(client)
+    normal = Watch()
+    port = int(base.rsplit(":", 1)[1])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_into, base, ticket, normal)
+        silent = await trio.to_thread.run_sync(_silent_peer, port, ticket)
+        with trio.fail_after(3):
+            assert await trio.to_thread.run_sync(_closed_by_server, silent)
+        assert normal.close_code is None  # the live watcher answers pings: still there
+        nursery.cancel_scope.cancel()
+
+
+def _silent_peer(port: int, ticket: dict[str, Any]) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        (
+            f"GET /tickets/{ticket['id']}/live HTTP/1.1\r\nHost: x\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Authorization: Bearer {ticket['token']}\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Read (never answering a ping) until the server closes; False on a timeout."""
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return True
