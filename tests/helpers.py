@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import httpx
@@ -91,3 +92,36 @@ def assert_gap_free(events: list[dict[str, Any]]) -> None:
     """Consecutive seqs: nothing between the snapshot and the end was skipped."""
     seqs = [event["seq"] for event in events if "seq" in event]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+
+
+def raw_websocket(
+    port: int, ticket: dict[str, Any], extra: str = "", receive_buffer: int | None = None
+) -> socket.socket:
+    """A bare socket that sent a WebSocket handshake for ``ticket`` (blocking; for threads).
+
+    For clients that misbehave on purpose: never read, never answer pings, send
+    broken frames. ``extra`` holds more header lines, each ending in CRLF.
+    """
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        (
+            f"GET /tickets/{ticket['id']}/live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}"
+            f"Authorization: Bearer {ticket['token']}\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The HTTP head of the server's answer, and whatever followed it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest

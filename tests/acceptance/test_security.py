@@ -16,7 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from grandhotel import openapi, tickets
-from helpers import Watch, assert_one_stream, bearer, create, watch, ws_url
+from helpers import (
+    Watch,
+    assert_one_stream,
+    bearer,
+    create,
+    raw_websocket,
+    read_head,
+    watch,
+    ws_url,
+)
 
 
 async def test_openapi_document_covers_every_route(start_hotel: Any) -> None:
@@ -163,20 +172,9 @@ async def test_subprotocol_token_and_no_compression(start_hotel: Any) -> None:
 
 
 def _raw_handshake(port: int, ticket: dict[str, Any]) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(
-            (
-                f"GET /tickets/{ticket['id']}/live HTTP/1.1\r\nHost: x\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-                f"Authorization: Bearer {ticket['token']}\r\n\r\n"
-            ).encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
-        return head.split(b"\r\n\r\n")[0]
+    offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    with raw_websocket(port, ticket, extra=offer) as sock:
+        return read_head(sock)[0]
 
 
 @pytest.mark.parametrize(
@@ -241,7 +239,7 @@ async def _flood(ws: trio_websocket.WebSocketConnection) -> None:
 
 
 async def test_invalid_utf8_text_frame_is_refused(start_hotel: Any) -> None:
-    the_hotel, base = await start_hotel()
+    the_hotel, base = await start_hotel(laundry_step_seconds=600)
     async with httpx.AsyncClient(base_url=base) as client:
         ticket = await create(client)
     port = int(base.rsplit(":", 1)[1])
@@ -261,23 +259,12 @@ async def test_invalid_utf8_text_frame_is_refused(start_hotel: Any) -> None:
 
 
 def _send_invalid_utf8(port: int, ticket: dict[str, Any]) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(
-            (
-                f"GET /tickets/{ticket['id']}/live HTTP/1.1\r\nHost: x\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                f"Authorization: Bearer {ticket['token']}\r\n\r\n"
-            ).encode()
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(4096)
+    with raw_websocket(port, ticket) as sock:
+        _, received = read_head(sock)
         payload = b"\xff\xfe\xfd"
         mask = b"\x01\x02\x03\x04"
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-        received = data.split(b"\r\n\r\n", 1)[1]
         try:
             while chunk := sock.recv(4096):
                 received += chunk
@@ -390,16 +377,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(start_hotel: Any) ->
 
 
 def _silent_peer(port: int, ticket: dict[str, Any]) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(
-        (
-            f"GET /tickets/{ticket['id']}/live HTTP/1.1\r\nHost: x\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            f"Authorization: Bearer {ticket['token']}\r\n\r\n"
-        ).encode()
-    )
-    return sock
+    return raw_websocket(port, ticket)
 
 
 def _closed_by_server(sock: socket.socket) -> bool:

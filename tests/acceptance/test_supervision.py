@@ -11,7 +11,15 @@ import trio
 
 from grandhotel import schemas, services, tickets
 from grandhotel.services import laundry
-from helpers import Watch, assert_gap_free, assert_one_stream, bearer, create, watch
+from helpers import (
+    Watch,
+    assert_gap_free,
+    assert_one_stream,
+    bearer,
+    create,
+    raw_websocket,
+    watch,
+)
 
 
 async def watch_into(base: str, ticket: dict[str, Any], result: Watch) -> None:
@@ -139,17 +147,7 @@ async def test_lookups_and_reports_during_restarts_lose_nothing(
 
 def stuck_guest(port: int, ticket: dict[str, Any]) -> socket.socket:
     """A WebSocket client that completes the handshake and then never reads."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(
-        (
-            f"GET /tickets/{ticket['id']}/live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {ticket['token']}\r\n\r\n"
-        ).encode()
-    )
+    sock = raw_websocket(port, ticket, receive_buffer=4096)
     assert sock.recv(12) == b"HTTP/1.1 101"
     return sock
 
