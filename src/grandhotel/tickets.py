@@ -7,8 +7,8 @@ A ticket moves through a small state machine (``TRANSITIONS``)::
     queued -> in_progress -> completed
                  |   ^   \\-> failed | cancelled
                  v   |
-               retrying  -> failed | cancelled
-    queued -> failed | cancelled
+               retrying  -> completed | failed | cancelled
+    queued -> completed | failed | cancelled
 
 The butler's notebook is an immutable value. ``advance(notebook, report, at)`` is
 the only way to change it: it returns the next notebook and the events that the
@@ -66,13 +66,20 @@ class Status(enum.StrEnum):
 _TERMINAL: Final = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 UNFINISHED: Final = (Status.QUEUED, Status.IN_PROGRESS, Status.RETRYING)
 
+# Any unfinished state may end in any way: an ending comes from the safe and is
+# the truth, even when the butler missed the status reports before it (a report
+# dropped after crashing butlers, a butler hired after the job had started).
 TRANSITIONS: Final[Mapping[Status, frozenset[Status]]] = {
-    Status.QUEUED: frozenset({Status.IN_PROGRESS, Status.FAILED, Status.CANCELLED}),
+    Status.QUEUED: frozenset(
+        {Status.IN_PROGRESS, Status.COMPLETED, Status.FAILED, Status.CANCELLED}
+    ),
     # in_progress -> in_progress: a rescued job starts a new attempt.
     Status.IN_PROGRESS: frozenset(
         {Status.IN_PROGRESS, Status.RETRYING, Status.COMPLETED, Status.FAILED, Status.CANCELLED}
     ),
-    Status.RETRYING: frozenset({Status.IN_PROGRESS, Status.FAILED, Status.CANCELLED}),
+    Status.RETRYING: frozenset(
+        {Status.IN_PROGRESS, Status.COMPLETED, Status.FAILED, Status.CANCELLED}
+    ),
     Status.COMPLETED: frozenset(),
     Status.FAILED: frozenset(),
     Status.CANCELLED: frozenset(),

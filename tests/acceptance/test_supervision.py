@@ -44,7 +44,8 @@ async def create_many(client: httpx.AsyncClient, count: int, **kwargs: Any) -> l
 async def test_sick_butlers_500_tickets_3_watchers_each(start_hotel: Any, query: Any) -> None:
     """Crash rate 0.1: every stream is still gap-free and ends completed."""
     the_hotel, base = await start_hotel(
-        chaos_butler_crash_rate=0.1, butler_restart_limit=1000, laundry_step_seconds=0.2,
+        chaos_butler_crash_rate=0.1, butler_restart_limit=1000, butler_redeliveries=10,
+        laundry_step_seconds=0.2,
         pool_size=10,
     )  # fmt: skip
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
@@ -178,7 +179,7 @@ async def test_a_guest_who_never_reads_among_500(start_hotel: Any) -> None:
 
     the_hotel, base = await start_hotel(
         catalogue=catalogue, watcher_buffer_events=8, write_deadline_seconds=0.5,
-        ws_ping_interval_seconds=0.2, idle_timeout_seconds=1.0,
+        ws_ping_interval_seconds=0.2, idle_timeout_seconds=3.0,
     )  # fmt: skip
     port = int(base.rsplit(":", 1)[1])
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
