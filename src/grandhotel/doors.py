@@ -8,20 +8,33 @@ An ASGI wrapper around the app that enforces, before any route runs:
   ``allowed_origins`` gets 403 (cross-site WebSocket hijacking); clients that
   send no Origin (scripts, mobile apps) pass when ``allow_missing_origin``.
 
-It also turns permessage-deflate off in hypercorn (which offers it to every
-client and has no setting for it): compression costs CPU per frame, lets a
-small frame inflate into a large one, and mixes secrets with guessable data.
+It also mends hypercorn where it would hurt the hotel (hypercorn 0.17-0.18):
+
+* permessage-deflate is turned off (hypercorn offers it to every client and has
+  no setting for it): compression costs CPU per frame, lets a small frame
+  inflate into a large one, and mixes secrets with guessable data;
+* one connection can never take the server down: hypercorn runs every
+  connection in the server's nursery, so an exception escaping one (such as the
+  ``BusyResourceError`` it raises when a guest closes a WebSocket while a frame
+  is being sent: its ``_close`` shuts the socket without the send lock) would
+  cancel every other connection. Such an error now ends that connection only,
+  and is logged.
+
 The rest of the limits are hypercorn's own settings, set in ``hotel.py``.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
+import logging
 from typing import Any, cast
 
+import trio
 from hypercorn.protocol import ws_stream
+from hypercorn.trio import tcp_server
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from hypercorn.typing import Scope as ASGIScope
 
@@ -42,6 +55,38 @@ def _without_compression(accept: Any) -> Any:
 
 if not getattr(ws_stream.Handshake.accept, "grandhotel_plain", False):
     ws_stream.Handshake.accept = _without_compression(ws_stream.Handshake.accept)  # type: ignore[method-assign]
+
+logger = logging.getLogger(__name__)
+
+
+def _contained(run: Any) -> Any:
+    @functools.wraps(run)
+    async def run_contained(self: tcp_server.TCPServer) -> None:
+        try:
+            await run(self)
+        except Exception:
+            logger.exception("a connection failed; closing it alone")
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+
+    run_contained.grandhotel_contained = True  # type: ignore[attr-defined]
+    return run_contained
+
+
+def _tolerant(protocol_send: Any) -> Any:
+    @functools.wraps(protocol_send)
+    async def protocol_send_tolerant(self: tcp_server.TCPServer, event: Any) -> None:
+        # BusyResourceError: hypercorn's _close is shutting the socket down (without
+        # the send lock): there is nobody left to send to.
+        with contextlib.suppress(trio.BusyResourceError):
+            await protocol_send(self, event)
+
+    return protocol_send_tolerant
+
+
+if not getattr(tcp_server.TCPServer.run, "grandhotel_contained", False):
+    tcp_server.TCPServer.run = _contained(tcp_server.TCPServer.run)  # type: ignore[method-assign]
+    tcp_server.TCPServer.protocol_send = _tolerant(tcp_server.TCPServer.protocol_send)  # type: ignore[method-assign]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -392,3 +392,30 @@ def _closed_by_server(sock: socket.socket) -> bool:
     finally:
         sock.close()
     return True
+
+
+async def test_one_failing_connection_never_takes_the_server_down(
+    start_hotel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception escaping hypercorn for one connection ends that connection only."""
+    from hypercorn.trio import tcp_server
+
+    real_read = tcp_server.TCPServer._read_data
+    failures: list[int] = []
+
+    async def flaky_read(self: Any) -> None:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug in the server, for one connection")
+        await real_read(self)
+
+    monkeypatch.setattr(tcp_server.TCPServer, "_read_data", flaky_read)
+    _, base = await start_hotel()
+    async with httpx.AsyncClient(base_url=base) as client:
+        with pytest.raises(httpx.TransportError):
+            await client.get("/healthz")
+    async with httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        ticket = await create(client, args={"suits": 1})
+    assert_one_stream((await watch(base, ticket["id"], ticket["token"])).events, "completed")
+    assert failures == [1]
