@@ -59,6 +59,8 @@ class HotelConfig:
     listen_backlog: int = 4096
     """Above hypercorn's 100: thousands of WebSocket clients connect at once."""
     shutdown_grace_seconds: float = 10.0
+    intake_batch_max: int = 200
+    """New tickets written by one INSERT at most (group commit under load)."""
     gc_gen0_threshold: int = 50_000
     """Python's default (700) lets the cyclic GC dominate CPU with thousands of
     open connections (architecture.md); the server also freezes what start-up made."""

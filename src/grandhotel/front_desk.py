@@ -121,11 +121,11 @@ class FrontDesk:
         )  # fmt: skip
         line = hotel.supervisor.hire(notebook, [new.token_hash])
         try:
-            row = await hotel.safe.insert_ticket(new)
+            written = await hotel.intake.insert(new)
         except BaseException:
             line.dismiss()
             raise
-        if row is None:
+        if not written:
             line.dismiss()
             return await self._replay(key or "", new, token)
         location = f"/tickets/{ticket_id}"

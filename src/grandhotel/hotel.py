@@ -33,6 +33,7 @@ from grandhotel import (
     directory,
     doors,
     front_desk,
+    intake,
     laundry,
     services,
     supervisor,
@@ -90,6 +91,7 @@ class Hotel:
         self.lines: directory.Directory[butler.Line] = directory.Directory()
         self.checkout = checkout.Checkout(settings, self.safe, self.catalogue)
         self.supervisor = supervisor.Supervisor(settings, self.lines, self.checkout.give_up, rng)
+        self.intake = intake.Intake(self.safe, settings.intake_batch_max)
         self.book = checkpoints.Checkpoints(self.safe, settings.checkpoint_interval_seconds)
         self.laundry = laundry.Laundry(
             settings, self.safe, self.catalogue, self.lines, self._hire_for_job, self.book,
@@ -122,6 +124,7 @@ class Hotel:
                 await self._hire_unfinished()
                 heart = await nursery.start(_scoped, self._heartbeat)
                 books = await nursery.start(_scoped, self.book.run)
+                desk = await nursery.start(_scoped, self.intake.run)
                 relays = await nursery.start(_scoped, self._relay_endings)
                 staff = await nursery.start(_scoped, self.laundry.run)
                 self.binds = await nursery.start(self._serve)
@@ -129,6 +132,7 @@ class Hotel:
                 await self._stop.wait()
                 await self._drain(staff, quarters)
                 books.cancel()
+                desk.cancel()
                 relays.cancel()
                 heart.cancel()
         finally:

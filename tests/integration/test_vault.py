@@ -102,10 +102,7 @@ async def test_insert_ticket_writes_ticket_job_audit_and_guest(
 ) -> None:
     woken = listen("grandhotel_jobs")
     ticket = new_ticket(queue="express", key="key-1")
-    row = await safe.insert_ticket(ticket)
-    assert row is not None
-    assert row["id"] == ticket.id
-    assert isinstance(row["created_at"], datetime.datetime)
+    assert await safe.insert_ticket(ticket) is True
 
     assert counts(query) == (1, 1, 1, 1, 0)
     assert query("SELECT guest_id, status, total FROM tickets") == [("room-412", "queued", 3)]
@@ -117,19 +114,34 @@ async def test_insert_ticket_writes_ticket_job_audit_and_guest(
     assert woken(1) == ["express"]
 
 
-async def test_insert_ticket_reused_idempotency_key_returns_none(
+async def test_insert_ticket_reused_idempotency_key_is_not_written(
     safe: vault.Vault, query: Query
 ) -> None:
     first = new_ticket(key="same-key")
-    assert await safe.insert_ticket(first) is not None
-    assert await safe.insert_ticket(new_ticket(key="same-key", guest="room-7")) is None
+    assert await safe.insert_ticket(first) is True
+    assert await safe.insert_ticket(new_ticket(key="same-key", guest="room-7")) is False
     assert counts(query)[:3] == (1, 1, 1)
     found = await safe.ticket_by_idempotency_key("same-key")
     assert found == {"id": first.id, "request_hash": first.request_hash}
     # Tickets without a key never collide.
-    assert await safe.insert_ticket(new_ticket()) is not None
-    assert await safe.insert_ticket(new_ticket()) is not None
+    assert await safe.insert_ticket(new_ticket()) is True
+    assert await safe.insert_ticket(new_ticket()) is True
     assert counts(query)[:3] == (3, 3, 3)
+
+
+async def test_insert_tickets_writes_a_batch_in_one_statement(
+    safe: vault.Vault, query: Query, listen: Listen
+) -> None:
+    woken = listen("grandhotel_jobs")
+    taken = new_ticket(key="taken")
+    assert await safe.insert_ticket(taken) is True
+    woken(1)
+    batch = [new_ticket(guest=f"room-{n % 3}") for n in range(50)]
+    batch += [new_ticket(key="taken"), new_ticket(key="twice"), new_ticket(key="twice")]
+    written = await safe.insert_tickets(batch)
+    assert written == {t.id for t in batch[:50]} | {batch[51].id}
+    assert counts(query)[:3] == (52, 52, 52)
+    assert woken(2) == ["default"]  # one NOTIFY for the whole batch
 
 
 async def test_insert_ticket_is_all_or_nothing(safe: vault.Vault, query: Query) -> None:

@@ -1,25 +1,37 @@
--- insert_ticket --
--- Ticket, job, first audit event and the guest, in one statement; wakes the
--- laundry with NOTIFY at commit. Returns nothing when the idempotency key is taken.
-WITH guest AS (
-    INSERT INTO guests (id) VALUES (%(guest)s) ON CONFLICT (id) DO NOTHING
+-- insert_tickets --
+-- Tickets, their jobs, first audit events and guests, many in one statement
+-- (the front desk's group commit); wakes the laundry with one NOTIFY per queue
+-- at commit. Returns the ids written: a ticket whose idempotency key is taken
+-- is left out.
+WITH input AS (
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(guests)s::text[], %(services)s::text[], %(args)s::jsonb[],
+        %(butlers)s::text[], %(token_hashes)s::bytea[], %(totals)s::integer[],
+        %(queues)s::text[], %(max_attempts)s::integer[], %(keys)s::text[],
+        %(request_hashes)s::bytea[]
+    ) AS i(id, guest, service, args, butler, token_hash, total, queue, max_attempts,
+           idempotency_key, request_hash)
+), guest AS (
+    INSERT INTO guests (id) SELECT DISTINCT guest FROM input ON CONFLICT (id) DO NOTHING
 ), ticket AS (
     INSERT INTO tickets (id, guest_id, service, args, butler, token_hashes, total,
                          idempotency_key, request_hash)
-    VALUES (%(id)s, %(guest)s, %(service)s, %(args)s, %(butler)s, ARRAY[%(token_hash)s::bytea], %(total)s,
-            %(idempotency_key)s, %(request_hash)s)
+    SELECT id, guest, service, args, butler, ARRAY[token_hash], total, idempotency_key,
+           request_hash
+    FROM input
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, created_at
+    RETURNING id
 ), job AS (
     INSERT INTO jobs (ticket_id, queue, service, args, max_attempts)
-    SELECT id, %(queue)s, %(service)s, %(args)s, %(max_attempts)s FROM ticket
-    RETURNING id
+    SELECT i.id, i.queue, i.service, i.args, i.max_attempts
+    FROM input i JOIN ticket t ON t.id = i.id
+    RETURNING queue
 ), audit AS (
     INSERT INTO ticket_events (ticket_id, status) SELECT id, 'queued' FROM ticket
 ), wake AS (
-    SELECT pg_notify('grandhotel_jobs', %(queue)s) FROM job
+    SELECT pg_notify('grandhotel_jobs', q.queue) FROM (SELECT DISTINCT queue FROM job) q
 )
-SELECT ticket.id, ticket.created_at, (SELECT count(*) FROM wake) AS woken FROM ticket;
+SELECT id, (SELECT count(*) FROM wake) AS woken FROM ticket;
 
 -- ticket_by_idempotency_key --
 -- The ticket an earlier request with the same key created.

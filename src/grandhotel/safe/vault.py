@@ -119,11 +119,33 @@ class Vault:
 
     # --- tickets ---------------------------------------------------------------
 
-    async def insert_ticket(self, new: NewTicket) -> Row | None:
-        """Write ticket, job and audit event; None if the idempotency key is taken."""
-        params = dataclasses.asdict(new)
-        params["args"] = Jsonb(new.args)
-        return await self._one("insert_ticket", params)
+    async def insert_tickets(self, batch: list[NewTicket]) -> set[uuid.UUID]:
+        """Write tickets, jobs and audit events in one statement; return the ids written.
+
+        A ticket whose idempotency key is already taken is not written (its id is
+        missing from the result). All or nothing: on an error none is written.
+        """
+        rows = await self._rows(
+            "insert_tickets",
+            {
+                "ids": [new.id for new in batch],
+                "guests": [new.guest for new in batch],
+                "services": [new.service for new in batch],
+                "args": [Jsonb(new.args) for new in batch],
+                "butlers": [new.butler for new in batch],
+                "token_hashes": [new.token_hash for new in batch],
+                "totals": [new.total for new in batch],
+                "queues": [new.queue for new in batch],
+                "max_attempts": [new.max_attempts for new in batch],
+                "keys": [new.idempotency_key for new in batch],
+                "request_hashes": [new.request_hash for new in batch],
+            },
+        )
+        return {row["id"] for row in rows}
+
+    async def insert_ticket(self, new: NewTicket) -> bool:
+        """Write one ticket (see ``insert_tickets``); False if its key is taken."""
+        return new.id in await self.insert_tickets([new])
 
     async def ticket_by_idempotency_key(self, key: str) -> Row | None:
         """The ticket created under ``key``: ``{"id", "request_hash"}``."""
