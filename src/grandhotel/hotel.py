@@ -103,6 +103,8 @@ class Hotel:
         self.binds: list[str] = []
         self._stop = trio.Event()
         self._doors_closed = trio.Event()
+        self.doors = doors.Doors(front_desk.make_app(self), settings)
+        """The ASGI app hypercorn serves: the front desk and concierge behind the doors."""
 
     def stop(self) -> None:
         """Begin a graceful stop (safe to call more than once, from any task)."""
@@ -151,7 +153,6 @@ class Hotel:
         hc.websocket_max_message_size = self.settings.ws_max_message_bytes
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
-        self.doors = doors.Doors(front_desk.make_app(self), self.settings)
         await hypercorn.trio.serve(
             self.doors, hc, shutdown_trigger=self._doors_closed.wait, task_status=task_status
         )
