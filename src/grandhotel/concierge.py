@@ -114,8 +114,9 @@ class Concierge:
         if line is not None and len(line.watchers) >= self.hotel.settings.max_watchers_per_ticket:
             return refuse(429, "too many watchers on this ticket")
         await websocket.accept(subprotocol=subprotocol)
-        if line is None:
-            await self._archived(notebook, after)
+        if line is None or line.notebook.status.terminal:
+            # Ended (perhaps with the butler not yet gone): snapshot, ending, 1000.
+            await self._archived(line.notebook if line else notebook, after)
         else:
             await self._attend(line, after)
         return None

@@ -1,0 +1,1 @@
+"""grandhotel's benchmark harness: ``python -m bench SCENARIO`` (see bench/README.md)."""

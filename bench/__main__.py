@@ -1,0 +1,7 @@
+"""``python -m bench SCENARIO [options]``."""
+
+import sys
+
+from bench import cli
+
+sys.exit(cli.main())

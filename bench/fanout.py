@@ -1,0 +1,293 @@
+"""``fanout``: server CPU per delivered event, beside a bare hypercorn WebSocket route.
+
+Two sides on one server, bare first:
+
+- bare: ``--connections`` WebSockets to ``/_bench/live?frames=S&interval=I``; the
+  route itself sends a snapshot, S progress frames shaped like a butler's, I
+  seconds apart, a ``completed`` frame and 1000 (quart-trio + hypercorn only);
+- real: ``--connections / --watchers-per-ticket`` laundry tickets of S steps at I
+  seconds (``GRANDHOTEL_LAUNDRY_STEP_SECONDS=I``), each watched by
+  ``--watchers-per-ticket`` WebSockets: laundry -> butler -> mailbox -> concierge.
+
+Each side's measured window opens once every connection is open and closes at
+the first terminal frame, so neither intake nor handshakes are in it: the
+server's CPU seconds in the window over the frames the watchers received in it
+is the CPU per delivered event. The ratio real/bare says what the butler and
+the concierge cost (target <= 1.25). Progress latency (``at`` to receipt) is
+reported for both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import secrets
+import time
+from typing import Any
+
+import trio
+
+from bench import driver, httpclient, report, server
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fanout scenario's options."""
+    parser.add_argument("--connections", type=int, default=1000, help="WebSockets per side")
+    parser.add_argument("--steps", type=int, default=100, help="progress frames (max 100)")
+    parser.add_argument("--interval", type=float, default=0.2, help="seconds between frames")
+    parser.add_argument(
+        "--watchers-per-ticket", type=int, default=1, help="real side: watchers of each ticket"
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections (intake)")
+    driver.add_target_arguments(parser)
+
+
+@dataclasses.dataclass
+class Side:
+    """One side's window."""
+
+    name: str
+    seconds: float = 0.0
+    frames: int = 0
+    server_cpu: float | None = None
+    postgres_cpu: float | None = None
+    driver_cpu: float = 0.0
+    machine_busy: float = 0.0
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    checks: dict[str, int] = dataclasses.field(default_factory=dict)
+    total_cpu: float | None = None
+    """Server CPU over the whole side: connects, frames, closes (and intake)."""
+    total_frames: int = 0
+    connections: int = 0
+
+    def metrics(self) -> dict[str, Any]:
+        """The side's numbers."""
+        seconds = self.seconds or 1e-9
+        return {
+            "window_seconds": round(self.seconds, 2),
+            "frames_in_window": self.frames,
+            "frames_per_second": driver.rate(self.frames, self.seconds),
+            "server_cpu_seconds": None if self.server_cpu is None else round(self.server_cpu, 3),
+            "server_cpu_us_per_event": None
+            if self.server_cpu is None or not self.frames
+            else round(1e6 * self.server_cpu / self.frames, 2),
+            "server_cpu_utilisation": None
+            if self.server_cpu is None
+            else round(self.server_cpu / seconds, 2),
+            "postgres_cpu_seconds": None
+            if self.postgres_cpu is None
+            else round(self.postgres_cpu, 3),
+            "driver_cpu_utilisation": round(self.driver_cpu / seconds, 2),
+            "machine_busy_cores": round(self.machine_busy / seconds, 2),
+            "progress_latency_ms": report.summary(self.latencies),
+            "whole_side_server_cpu_seconds": None
+            if self.total_cpu is None
+            else round(self.total_cpu, 3),
+            "per_connection_cpu_ms_outside_frames": self.per_connection_ms(),
+            "checks": self.checks,
+        }
+
+    def per_connection_ms(self) -> float | None:
+        """Server CPU per connection beyond its frames (handshake, close; intake on the
+        real side), taking each frame at the window's cost."""
+        if self.total_cpu is None or self.server_cpu is None or not self.frames:
+            return None
+        if not self.connections:
+            return None
+        per_frame = self.server_cpu / self.frames
+        return round(1000 * (self.total_cpu - per_frame * self.total_frames) / self.connections, 3)
+
+
+class WindowProbe:
+    """Opens the window when ``wanted`` connections are open, closes it at the first end."""
+
+    def __init__(self, target: server.Target, tally: driver.Tally, side: Side) -> None:
+        self.target = target
+        self.tally = tally
+        self.side = side
+        self.opened_at = 0.0
+        self.start_frames = 0
+        self.start_cpu = 0.0
+        self.start_pg = 0.0
+        self.start_driver = 0.0
+        self.start_machine = 0.0
+        self.pg_pids: list[int] = []
+        self.closed = False
+        self.ready = trio.Event()
+
+    def open(self) -> None:
+        """Take the readings that start the window."""
+        if self.target.database_url and self.side.name == "real":
+            self.pg_pids = server.backend_pids(self.target.database_url)
+        self.opened_at = time.monotonic()
+        self.start_frames = self.tally.frames
+        self.start_cpu = server.proc_cpu_seconds(self.target.pid) if self.target.pid else 0.0
+        self.start_pg = server.cpu_of(self.pg_pids)
+        self.start_driver = driver.driver_cpu_seconds()
+        self.start_machine = server.machine_busy_seconds()
+        self.ready.set()
+
+    def close(self, _stream: driver.Stream | None = None) -> None:
+        """Take the readings that end the window (once, at the first terminal frame)."""
+        if self.closed or not self.ready.is_set():
+            return
+        self.closed = True
+        side = self.side
+        side.seconds = time.monotonic() - self.opened_at
+        side.frames = self.tally.frames - self.start_frames
+        if self.target.pid:
+            side.server_cpu = server.proc_cpu_seconds(self.target.pid) - self.start_cpu
+        if self.pg_pids:
+            side.postgres_cpu = server.cpu_of(self.pg_pids) - self.start_pg
+        side.driver_cpu = driver.driver_cpu_seconds() - self.start_driver
+        side.machine_busy = server.machine_busy_seconds() - self.start_machine
+
+
+async def bare_side(target: server.Target, options: argparse.Namespace) -> Side:
+    """``--connections`` WebSockets to the bare route."""
+    side = Side("bare")
+    tally = driver.Tally(wanted=options.connections)
+    probe = WindowProbe(target, tally, side)
+    path = f"/_bench/live?frames={options.steps}&interval={options.interval}"
+    streams = [
+        driver.Stream(f"bare-{i}", "", options.steps, time.time())
+        for i in range(options.connections)
+    ]
+    tally.created = len(streams)
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(
+                    functools.partial(
+                        driver.watch, allow_coalescing=True, path=path, on_end=probe.close
+                    ),
+                    target.ws_base,
+                    stream,
+                    tally,
+                    side.latencies,
+                )
+            await tally.wait_connects(len(streams))
+            probe.open()
+
+    cpu0 = server.proc_cpu_seconds(target.pid) if target.pid else None
+    await driver.with_status(body, tally, None, "fanout bare ", target)
+    _finish(side, target, cpu0, streams)
+    return side
+
+
+async def real_side(target: server.Target, options: argparse.Namespace) -> Side:
+    """Tickets with watchers, through the butler and the concierge."""
+    side = Side("real")
+    per = max(1, options.watchers_per_ticket)
+    tickets = max(1, options.connections // per)
+    tally = driver.Tally(wanted=tickets)
+    probe = WindowProbe(target, tally, side)
+    streams: list[driver.Stream] = []
+    watch = functools.partial(driver.watch, allow_coalescing=True, on_end=probe.close)
+
+    async def body() -> None:
+        async with (
+            httpclient.make(options.http_client, target.base_url, options.concurrency) as client,
+            trio.open_nursery() as nursery,
+        ):
+            numbers = iter(range(tickets))
+
+            async def create() -> None:
+                for number in numbers:
+                    ticket = await driver.create_ticket(client, options.steps, f"f-{number}", tally)
+                    if ticket is None:
+                        continue
+                    tally.created += 1
+                    for _ in range(per):
+                        stream = driver.Stream(
+                            ticket["id"], ticket["token"], options.steps, time.time()
+                        )
+                        streams.append(stream)
+                        nursery.start_soon(watch, target.ws_base, stream, tally, side.latencies)
+
+            async with trio.open_nursery() as creators:
+                for _ in range(min(options.concurrency, tickets)):
+                    creators.start_soon(create)
+            await tally.wait_connects(len(streams))
+            probe.open()
+
+    cpu0 = server.proc_cpu_seconds(target.pid) if target.pid else None
+    await driver.with_status(body, tally, None, "fanout real ", target)
+    _finish(side, target, cpu0, streams)
+    return side
+
+
+def _finish(
+    side: Side, target: server.Target, cpu0: float | None, streams: list[driver.Stream]
+) -> None:
+    side.checks = driver.check_streams(streams, strict_steps=False)
+    side.total_frames = side.checks["frames"]
+    side.connections = side.checks["connections"]
+    if cpu0 is not None and target.pid:
+        side.total_cpu = server.proc_cpu_seconds(target.pid) - cpu0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+async def run(options: argparse.Namespace) -> report.Result:
+    """The fanout scenario."""
+    options.steps = max(1, min(100, options.steps))
+    per = max(1, options.watchers_per_ticket)
+    env = {
+        "GRANDHOTEL_BENCH_ROUTES": 1,
+        "GRANDHOTEL_OPERATOR_TOKEN": secrets.token_urlsafe(16),
+        "GRANDHOTEL_LAUNDRY_STEP_SECONDS": options.interval,
+        "GRANDHOTEL_QUEUE_LIMITS": f"default={max(1000, options.connections)}",
+    }
+    async with server.target(
+        url=options.url,
+        admin_url=options.admin_url,
+        log_path=options.log_path,
+        env=env,
+        server_pid=options.server_pid,
+        database_url=options.database_url,
+        operator_token=options.operator_token,
+        profile=options.profile,
+    ) as target:
+        bare = await bare_side(target, options)
+        await trio.sleep(1.0)
+        real = await real_side(target, options)
+    bm, rm = bare.metrics(), real.metrics()
+    ratio = _ratio(rm["server_cpu_us_per_event"], bm["server_cpu_us_per_event"])
+    failures = [target.death] if target.death else []
+    for side in (bare, real):
+        for key in ("duplicated", "out_of_order", "missing_terminal", "lost_gaps"):
+            if side.checks.get(key):
+                failures.append(f"{side.name}: {key} = {side.checks[key]}")
+        if not side.frames:
+            failures.append(f"{side.name}: no frame in the window (too few steps?)")
+    result = report.Result(
+        scenario="fanout",
+        parameters={
+            "connections": options.connections,
+            "steps": options.steps,
+            "interval_seconds": options.interval,
+            "watchers_per_ticket": per,
+            "tickets": max(1, options.connections // per),
+            "url": options.url or "(started here)",
+        },
+        metrics={"bare": bm, "real": rm, "cpu_per_event_ratio_real_over_bare": ratio},
+        targets=[report.Target("server CPU per event real / bare", ratio, 1.25, "x")],
+        failures=failures,
+        latencies_ms={
+            "bare /_bench/live": bare.latencies,
+            "real /tickets/{id}/live": real.latencies,
+        },
+        postgres_url=options.admin_url,
+    )
+    result.notes.append(
+        "the real side's CPU includes its checkpoint flushes to PostgreSQL (once a second); "
+        "PostgreSQL's own CPU is listed apart"
+    )
+    return result

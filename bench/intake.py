@@ -1,0 +1,288 @@
+"""``intake``: ``POST /tickets`` as fast as the server takes them, beside a bare route.
+
+One server, two routes, measured in turns (``--rounds`` of bare then real, each
+``--seconds`` long after ``--warmup`` seconds that are not counted):
+
+- ``POST /_bench/tickets``: quart-trio validates the body and answers the same
+  201 JSON, without the safe or a butler;
+- ``POST /tickets``: the real front desk (one INSERT statement, a butler hired).
+
+``--concurrency`` HTTP/1.1 connections each send the next request as soon as
+the last is answered. The ratio real/bare of the request rates says what the
+safe costs (target >= 0.8); so does the ratio of server CPU per request. The
+laundry is told not to claim (``GRANDHOTEL_QUEUE_LIMITS=default=0``, unless
+``--claim``) so that only the intake path is measured; the driver and
+PostgreSQL share the machine's cores with the server, so their CPU is reported
+too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import secrets
+import time
+from typing import Any
+
+import trio
+
+from bench import driver, httpclient, report, server
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The intake scenario's options."""
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per side")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--rounds", type=int, default=1, help="bare/real pairs, interleaved")
+    parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections")
+    parser.add_argument(
+        "--pool-size", type=int, default=20, help="the server's GRANDHOTEL_POOL_SIZE"
+    )
+    parser.add_argument(
+        "--claim",
+        action="store_true",
+        help="let the laundry claim and run the jobs (1 step each) during the measurement",
+    )
+    driver.add_target_arguments(parser)
+
+
+@dataclasses.dataclass
+class Window:
+    """One measured side of one round."""
+
+    path: str
+    seconds: float
+    created: int
+    errors: int
+    latencies_ms: list[float]
+    server_cpu: float | None
+    postgres_cpu: float | None
+    driver_cpu: float
+    machine_busy: float
+
+    def metrics(self) -> dict[str, Any]:
+        """The side's numbers."""
+        per = self.created or 1
+        return {
+            "requests_per_second": driver.rate(self.created, self.seconds),
+            "requests": self.created,
+            "errors": self.errors,
+            "latency_ms": report.summary(self.latencies_ms),
+            "server_cpu_utilisation": None
+            if self.server_cpu is None
+            else round(self.server_cpu / self.seconds, 2),
+            "server_cpu_ms_per_request": None
+            if self.server_cpu is None
+            else round(1000 * self.server_cpu / per, 4),
+            "postgres_cpu_ms_per_request": None
+            if self.postgres_cpu is None
+            else round(1000 * self.postgres_cpu / per, 4),
+            "driver_cpu_utilisation": round(self.driver_cpu / self.seconds, 2),
+            "machine_busy_cores": round(self.machine_busy / self.seconds, 2),
+            "other_processes_busy_cores": round(
+                max(
+                    0.0,
+                    self.machine_busy
+                    - self.driver_cpu
+                    - (self.server_cpu or 0.0)
+                    - (self.postgres_cpu or 0.0),
+                )
+                / self.seconds,
+                2,
+            ),
+        }
+
+
+async def hammer(
+    client: httpclient.Client,
+    path: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    tally: driver.Tally,
+    latencies: list[float] | None,
+) -> tuple[int, int]:
+    """POST to ``path`` from ``concurrency`` loops for ``seconds``; (201s, errors)."""
+    counts = {"ok": 0, "errors": 0}
+    body = {"service": "laundry", "args": {"suits": 1}}
+    deadline = time.monotonic() + seconds
+
+    async def loop(worker: int) -> None:
+        number = 0
+        while time.monotonic() < deadline:
+            number += 1
+            sent = time.monotonic()
+            try:
+                status, _ = await client.post_json(path, dict(body, guest=f"g{worker}-{number}"))
+            except httpclient.TRANSPORT_ERRORS as ex:
+                counts["errors"] += 1
+                tally.error(f"POST {path}: {type(ex).__name__}")
+                continue
+            if status == 201:
+                counts["ok"] += 1
+                tally.created += 1
+                if latencies is not None:
+                    latencies.append((time.monotonic() - sent) * 1000.0)
+            else:
+                counts["errors"] += 1
+                tally.error(f"POST {path}: HTTP {status}")
+
+    async with trio.open_nursery() as nursery:
+        for worker in range(concurrency):
+            nursery.start_soon(loop, worker)
+    return counts["ok"], counts["errors"]
+
+
+async def measure(
+    client: httpclient.Client,
+    target: server.Target,
+    path: str,
+    options: argparse.Namespace,
+    tally: driver.Tally,
+) -> Window:
+    """Warm up, then measure one side."""
+    await hammer(
+        client,
+        path,
+        concurrency=options.concurrency,
+        seconds=options.warmup,
+        tally=tally,
+        latencies=None,
+    )
+    pg_pids = server.backend_pids(target.database_url) if target.database_url else []
+    cpu0 = server.proc_cpu_seconds(target.pid) if target.pid else 0.0
+    pg0 = server.cpu_of(pg_pids)
+    driver0 = driver.driver_cpu_seconds()
+    machine0 = server.machine_busy_seconds()
+    started = time.monotonic()
+    latencies: list[float] = []
+    created, errors = await hammer(
+        client,
+        path,
+        concurrency=options.concurrency,
+        seconds=options.seconds,
+        tally=tally,
+        latencies=latencies,
+    )
+    seconds = time.monotonic() - started
+    return Window(
+        path=path,
+        seconds=seconds,
+        created=created,
+        errors=errors,
+        latencies_ms=latencies,
+        server_cpu=server.proc_cpu_seconds(target.pid) - cpu0 if target.pid else None,
+        postgres_cpu=server.cpu_of(pg_pids) - pg0 if pg_pids else None,
+        driver_cpu=driver.driver_cpu_seconds() - driver0,
+        machine_busy=server.machine_busy_seconds() - machine0,
+    )
+
+
+def _combine(windows: list[Window]) -> Window:
+    return Window(
+        path=windows[0].path,
+        seconds=sum(w.seconds for w in windows),
+        created=sum(w.created for w in windows),
+        errors=sum(w.errors for w in windows),
+        latencies_ms=[v for w in windows for v in w.latencies_ms],
+        server_cpu=None
+        if windows[0].server_cpu is None
+        else sum(w.server_cpu or 0.0 for w in windows),
+        postgres_cpu=None
+        if windows[0].postgres_cpu is None
+        else sum(w.postgres_cpu or 0.0 for w in windows),
+        driver_cpu=sum(w.driver_cpu for w in windows),
+        machine_busy=sum(w.machine_busy for w in windows),
+    )
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+async def run(options: argparse.Namespace) -> report.Result:
+    """The intake scenario."""
+    token = secrets.token_urlsafe(16)
+    env = {
+        "GRANDHOTEL_BENCH_ROUTES": 1,
+        "GRANDHOTEL_OPERATOR_TOKEN": token,
+        "GRANDHOTEL_POOL_SIZE": options.pool_size,
+        "GRANDHOTEL_LAUNDRY_STEP_SECONDS": 0.01,
+        "GRANDHOTEL_QUEUE_LIMITS": "default=1000" if options.claim else "default=0",
+    }
+    tally = driver.Tally()
+    bare: list[Window] = []
+    real: list[Window] = []
+    async with (
+        server.target(
+            url=options.url,
+            admin_url=options.admin_url,
+            log_path=options.log_path,
+            env=env,
+            server_pid=options.server_pid,
+            database_url=options.database_url,
+            operator_token=options.operator_token,
+            profile=options.profile,
+        ) as target,
+        httpclient.make(options.http_client, target.base_url, options.concurrency) as client,
+    ):
+
+        async def body() -> None:
+            for _ in range(options.rounds):
+                bare.append(await measure(client, target, "/_bench/tickets", options, tally))
+                real.append(await measure(client, target, "/tickets", options, tally))
+
+        sampler = driver.Sampler(target, tally, None)
+        await driver.with_status(body, tally, sampler, "intake ")
+    b, r = _combine(bare), _combine(real)
+    bm, rm = b.metrics(), r.metrics()
+    rate_ratio = _ratio(rm["requests_per_second"], bm["requests_per_second"])
+    cpu_ratio = _ratio(rm["server_cpu_ms_per_request"], bm["server_cpu_ms_per_request"])
+    metrics = {
+        "bare": bm,
+        "real": rm,
+        "rate_ratio_real_over_bare": rate_ratio,
+        "server_cpu_per_request_ratio_real_over_bare": cpu_ratio,
+        "rounds": [
+            {
+                "bare_rps": driver.rate(x.created, x.seconds),
+                "real_rps": driver.rate(y.created, y.seconds),
+            }
+            for x, y in zip(bare, real, strict=True)
+        ],
+    }
+    failures = [target.death] if target.death else []
+    if not r.created or not b.created:
+        failures.append("a side created nothing")
+    failures += [f"driver error: {e}" for e in tally.errors[:10]]
+    result = report.Result(
+        scenario="intake",
+        parameters={
+            "seconds_per_side": options.seconds,
+            "warmup_seconds": options.warmup,
+            "rounds": options.rounds,
+            "concurrency": options.concurrency,
+            "pool_size": options.pool_size,
+            "http_client": options.http_client,
+            "laundry_claims": options.claim,
+            "url": options.url or "(started here)",
+        },
+        metrics=metrics,
+        targets=[
+            report.Target("intake rate real / bare", rate_ratio, 0.8, "x", higher_is_better=True)
+        ],
+        failures=failures,
+        latencies_ms={
+            "bare POST /_bench/tickets": b.latencies_ms,
+            "real POST /tickets": r.latencies_ms,
+        },
+        postgres_url=options.admin_url,
+    )
+    if (rm["driver_cpu_utilisation"] or 0) > 0.85 or (bm["driver_cpu_utilisation"] or 0) > 0.85:
+        result.notes.append(
+            "the driver used most of a core: the rates may be bounded by the client, "
+            "compare server CPU per request too"
+        )
+    return result
