@@ -275,11 +275,11 @@ def _send_invalid_utf8(port: int, ticket: dict[str, Any]) -> bytes:
 
 def _close_frame(stream: bytes) -> bytes:
     """The first close frame (opcode 0x8) in a stream of unmasked server frames."""
-    while len(stream) >= 4:
+    while len(stream) >= 2:
         if stream[0] == 0x88:
             return stream
-        stream = stream[2 + _length(stream) :]
-    return stream
+        stream = stream[2 + _length(stream) :]  # a text frame or a ping: skip it
+    return b""
 
 
 def _length(frame: bytes) -> int:
