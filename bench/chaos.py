@@ -62,16 +62,7 @@ async def run(options: argparse.Namespace) -> report.Result:
     timeout = options.timeout or watch.default_timeout(
         options.tickets, options.steps, options.interval + options.pause
     )
-    async with server.target(
-        url=options.url,
-        admin_url=options.admin_url,
-        log_path=options.log_path,
-        env=env,
-        server_pid=options.server_pid,
-        database_url=options.database_url,
-        operator_token=options.operator_token,
-        profile=options.profile,
-    ) as target:
+    async with server.target_for(options, env) as target:
         the_run = await watch.drive(
             target,
             tickets=options.tickets,

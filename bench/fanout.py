@@ -245,16 +245,7 @@ async def run(options: argparse.Namespace) -> report.Result:
         "GRANDHOTEL_LAUNDRY_STEP_SECONDS": options.interval,
         "GRANDHOTEL_QUEUE_LIMITS": f"default={max(1000, options.connections)}",
     }
-    async with server.target(
-        url=options.url,
-        admin_url=options.admin_url,
-        log_path=options.log_path,
-        env=env,
-        server_pid=options.server_pid,
-        database_url=options.database_url,
-        operator_token=options.operator_token,
-        profile=options.profile,
-    ) as target:
+    async with server.target_for(options, env) as target:
         bare = await bare_side(target, options)
         await trio.sleep(1.0)
         real = await real_side(target, options)

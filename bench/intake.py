@@ -216,16 +216,7 @@ async def run(options: argparse.Namespace) -> report.Result:
     bare: list[Window] = []
     real: list[Window] = []
     async with (
-        server.target(
-            url=options.url,
-            admin_url=options.admin_url,
-            log_path=options.log_path,
-            env=env,
-            server_pid=options.server_pid,
-            database_url=options.database_url,
-            operator_token=options.operator_token,
-            profile=options.profile,
-        ) as target,
+        server.target_for(options, env) as target,
         httpclient.make(options.http_client, target.base_url, options.concurrency) as client,
     ):
 

@@ -286,16 +286,7 @@ async def run(options: argparse.Namespace) -> report.Result:
     if not options.skip_grandhotel:
         options.probe = 0
         token = secrets.token_urlsafe(16)
-        async with server.target(
-            url=options.url,
-            admin_url=options.admin_url,
-            log_path=options.log_path,
-            env=watch.server_env(options, token),
-            server_pid=options.server_pid,
-            database_url=options.database_url,
-            operator_token=options.operator_token,
-            profile=options.profile,
-        ) as target:
+        async with server.target_for(options, watch.server_env(options, token)) as target:
             the_run = await watch.drive(
                 target,
                 tickets=options.tickets,

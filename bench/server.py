@@ -379,6 +379,22 @@ def summarise_profile(raw: Path, top: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
+def target_for(
+    options: Any, env: Mapping[str, Any]
+) -> contextlib.AbstractAsyncContextManager[Target]:
+    """``target`` with the options every scenario shares (``--url``, ``--admin-url``, ...)."""
+    return target(
+        url=options.url,
+        admin_url=options.admin_url,
+        log_path=options.log_path,
+        env=env,
+        server_pid=options.server_pid,
+        database_url=options.database_url,
+        operator_token=options.operator_token,
+        profile=options.profile,
+    )
+
+
 @contextlib.asynccontextmanager
 async def target(
     *,

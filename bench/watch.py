@@ -440,16 +440,7 @@ async def run(options: argparse.Namespace) -> report.Result:
         probe = min(2000, options.tickets // 5) if long_enough and options.tickets >= 2000 else 0
     probe = min(probe, options.tickets)
     timeout = options.timeout or default_timeout(options.tickets, options.steps, options.interval)
-    async with server.target(
-        url=options.url,
-        admin_url=options.admin_url,
-        log_path=options.log_path,
-        env=server_env(options, token),
-        server_pid=options.server_pid,
-        database_url=options.database_url,
-        operator_token=options.operator_token,
-        profile=options.profile,
-    ) as target:
+    async with server.target_for(options, server_env(options, token)) as target:
         the_run = await drive(
             target,
             tickets=options.tickets,
