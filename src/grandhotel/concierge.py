@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Final
 
@@ -152,15 +153,16 @@ class Concierge:
         """Write the snapshot and every event; return the close code."""
         deadline = self.hotel.settings.write_deadline_seconds
         frame: str | None = snapshot
-        while frame is not None:
-            with trio.move_on_after(deadline) as scope:
+        # One scope for the session (not one per frame): armed only while writing.
+        with trio.CancelScope() as scope:
+            while frame is not None:
+                scope.deadline = trio.current_time() + deadline
                 await websocket.send(frame)
-            if scope.cancelled_caught:
-                logger.info(
-                    "closing a watcher of %s: stuck past the write deadline", line.ticket_id
-                )
-                return CLOSE_POLICY
-            frame = await box.get()
+                scope.deadline = math.inf
+                frame = await box.get()
+        if scope.cancelled_caught:
+            logger.info("closing a watcher of %s: stuck past the write deadline", line.ticket_id)
+            return CLOSE_POLICY
         return CLOSE_DONE if line.notebook.status.terminal else CLOSE_GOING_AWAY
 
     async def _listen(self, line: butler.Line, box: mailbox.Mailbox) -> int:
