@@ -22,10 +22,10 @@ the report in hand, if any, stays on the line.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import random
+import time
 from typing import Any
 
 import trio
@@ -35,10 +35,17 @@ from grandhotel import chaos, mailbox, tickets
 logger = logging.getLogger(__name__)
 
 
+_second: list[Any] = [None, ""]
+"""The last whole second formatted, and its text: one format per second, not per event."""
+
+
 def utc_now() -> str:
-    """The wall clock as ISO 8601 with a ``Z``, as events carry it."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The wall clock as ISO 8601 with milliseconds and a ``Z``, as events carry it."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def encode(body: Any) -> str:
@@ -84,10 +91,21 @@ class Line:
     async def report(self, report: tickets.Report) -> bool:
         """Hand a report to the butler; False if the butler has already left.
 
-        Waits only while the inbox is full. Cancellation: the report is not sent.
+        A checkpoint for cancellation; it waits (and yields) only while the
+        inbox is full. Cancellation: the report is not sent.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            await self._send.send(report)
+            # Handed over without a trip through the scheduler when there is
+            # room (the common case); the reporter's own awaits are its yields,
+            # and a reporter that never awaits anything else still yields here
+            # once the inbox is full.
+            self._send.send_nowait(report)
+        except trio.WouldBlock:
+            try:
+                await self._send.send(report)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True

@@ -58,6 +58,8 @@ class HotelConfig:
     """Allow WebSockets without ``Origin`` (scripts and mobile apps send none)."""
     listen_backlog: int = 4096
     """Above hypercorn's 100: thousands of WebSocket clients connect at once."""
+    accept_batch: int = 32
+    """Connections taken off the backlog per wake-up of the doorman (see doorman.py)."""
     shutdown_grace_seconds: float = 10.0
     intake_batch_max: int = 200
     """New tickets written by one INSERT at most (group commit under load)."""
@@ -146,7 +148,7 @@ class HotelConfig:
         if self.chaos_exit_at and self.chaos_exit_at not in chaos.EXIT_POINTS:
             raise ValueError(f"chaos_exit_at must be one of {sorted(chaos.EXIT_POINTS)}")
         for name in ("pool_size", "max_attempts", "butler_restart_limit", "butler_inbox_size",
-                     "watcher_buffer_events", "replay_tokens_max"):  # fmt: skip
+                     "watcher_buffer_events", "replay_tokens_max", "accept_batch"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from grandhotel import (
@@ -31,6 +30,7 @@ from grandhotel import (
     checkpoints,
     config,
     directory,
+    doorman,
     doors,
     front_desk,
     intake,
@@ -153,9 +153,10 @@ class Hotel:
         hc.websocket_max_message_size = self.settings.ws_max_message_bytes
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
-        await hypercorn.trio.serve(
-            self.doors, hc, shutdown_trigger=self._doors_closed.wait, task_status=task_status
-        )
+        await doorman.serve(
+            self.doors, hc, accept_batch=self.settings.accept_batch,
+            shutdown_trigger=self._doors_closed.wait, task_status=task_status,
+        )  # fmt: skip
 
     async def _drain(self, staff: trio.CancelScope, quarters: trio.CancelScope) -> None:
         logger.info("draining: no new work; %d job(s) running", sum(self.laundry.running.values()))

@@ -76,6 +76,11 @@ class Mailbox:
     async def get(self) -> str | None:
         """The next frame, waiting if there is none; None once closed and drained.
 
+        A checkpoint for cancellation, but it yields to the scheduler only when
+        it has to wait: a frame already queued is returned at once, since the
+        reader's next step (a socket write) yields anyway. One trip through
+        the scheduler less per frame (see the fanout benchmark).
+
         Cancellation: safe; no frame is lost by a cancelled ``get``.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -86,7 +91,6 @@ class Mailbox:
         item = self._items.popleft()
         if item.coalescable:
             self._progress -= 1
-        await trio.lowlevel.cancel_shielded_checkpoint()
         return item.frame
 
     def _drop_progress(self) -> None:

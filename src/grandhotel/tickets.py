@@ -36,7 +36,7 @@ import dataclasses
 import enum
 import uuid
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 SEQ_EPOCH_SPAN: Final = 1_000_000_000
 """Seqs of one epoch; 2**53 / 1e9 leaves room for nine million restarts."""
@@ -145,9 +145,13 @@ Report = Started | Progress | Retrying | Ended
 # --- the notebook and its events -----------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Notebook:
-    """Everything the butler knows about one ticket. Immutable: see ``advance``."""
+class Notebook(NamedTuple):
+    """Everything the butler knows about one ticket. Immutable: see ``advance``.
+
+    A named tuple rather than a frozen dataclass: the butler makes one per
+    report, and building a tuple costs a third of a frozen dataclass's
+    ``__init__`` (measured in the fanout benchmark's profile).
+    """
 
     ticket_id: str
     guest: str
@@ -171,8 +175,7 @@ class Notebook:
         return 100 if self.status is Status.COMPLETED else percent(self.done, self.total)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One numbered event for the guests watching a ticket."""
 
     seq: int
@@ -268,10 +271,9 @@ def advance(notebook: Notebook, report: Report, at: str) -> tuple[Notebook, list
         case Progress(done=done, total=total, message=message):
             if notebook.status is not Status.IN_PROGRESS:
                 return notebook, []
-            changed = dataclasses.replace(
-                notebook, done=done, total=total, message=message,
-                seq=notebook.seq + 1, updated_at=at,
-            )  # fmt: skip
+            changed = notebook._replace(
+                done=done, total=total, message=message, seq=notebook.seq + 1, updated_at=at
+            )
             return changed, [_event(changed, "progress", terminal=False)]
         case Started(attempt=attempt):
             if attempt <= notebook.attempt and notebook.status is Status.IN_PROGRESS:
@@ -291,9 +293,7 @@ def _move(
 ) -> tuple[Notebook, list[Event]]:
     if not can_move(notebook.status, status):
         return notebook, []
-    changed = dataclasses.replace(
-        notebook, status=status, seq=notebook.seq + 1, updated_at=at, **changes
-    )
+    changed = notebook._replace(status=status, seq=notebook.seq + 1, updated_at=at, **changes)
     kind = status.value if status.terminal else "status"
     return changed, [_event(changed, kind, terminal=status.terminal)]
 
