@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import gc
 import importlib
 import logging
 import os
@@ -20,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import trio
 
-from grandhotel import config, embedded, guest, hotel
+from grandhotel import config, embedded, guest, hotel, housekeeping
 from grandhotel.safe import vault
 
 logger = logging.getLogger("grandhotel")
@@ -78,10 +77,8 @@ async def _serve(settings: config.HotelConfig) -> None:
             binds = await nursery.start(the_hotel.run)
             # Start-up objects live forever: keep them out of every collection, and
             # collect young objects less often (thousands of connections churn them).
-            gc.collect()
-            gc.freeze()
-            _, second, third = gc.get_threshold()
-            gc.set_threshold(settings.gc_gen0_threshold, second, third)
+            housekeeping.tune(settings.gc_gen0_threshold, settings.gc_gen1_threshold,
+                              settings.gc_gen2_threshold)  # fmt: skip
             print(f"grandhotel: serving on {', '.join(binds)} as node {settings.node_name}",
                   flush=True)  # fmt: skip
             async for signum in signals:

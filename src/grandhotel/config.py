@@ -63,9 +63,17 @@ class HotelConfig:
     shutdown_grace_seconds: float = 10.0
     intake_batch_max: int = 200
     """New tickets written by one INSERT at most (group commit under load)."""
+    intake_concurrency: int = 8
+    """``POST /tickets`` handled at once; more wait their turn at the desk, so a
+    crowd of new tickets cannot delay the live updates of running ones."""
     gc_gen0_threshold: int = 50_000
     """Python's default (700) lets the cyclic GC dominate CPU with thousands of
     open connections (architecture.md); the server also freezes what start-up made."""
+    gc_gen1_threshold: int = 10
+    gc_gen2_threshold: int = 10
+    """Python's own (10, 10) for the older generations: a full collection walks
+    every live object and stops the whole hotel while it runs (``GET /stats``
+    shows the pauses)."""
     replay_tokens_max: int = 16
     """Tokens a ticket may hold: each idempotent replay of its POST gets its own."""
 
@@ -148,7 +156,8 @@ class HotelConfig:
         if self.chaos_exit_at and self.chaos_exit_at not in chaos.EXIT_POINTS:
             raise ValueError(f"chaos_exit_at must be one of {sorted(chaos.EXIT_POINTS)}")
         for name in ("pool_size", "max_attempts", "butler_restart_limit", "butler_inbox_size",
-                     "watcher_buffer_events", "replay_tokens_max", "accept_batch"):  # fmt: skip
+                     "watcher_buffer_events", "replay_tokens_max", "accept_batch",
+                     "intake_concurrency", "gc_gen0_threshold"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

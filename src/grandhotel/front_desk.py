@@ -97,7 +97,14 @@ class FrontDesk:
     # --- tickets -----------------------------------------------------------------
 
     async def create(self) -> Response:
-        """``POST /tickets``: validate, write, hire, answer 201 with the token."""
+        """``POST /tickets``: validate, write, hire, answer 201 with the token.
+
+        At most ``intake_concurrency`` at once; the rest wait their turn here.
+        """
+        async with self.hotel.intake_gate:
+            return await self._create()
+
+    async def _create(self) -> Response:
         body = await self._json_body()
         service, args, guest = self._validate(body)
         hotel = self.hotel

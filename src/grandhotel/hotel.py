@@ -33,6 +33,7 @@ from grandhotel import (
     doorman,
     doors,
     front_desk,
+    housekeeping,
     intake,
     laundry,
     services,
@@ -92,6 +93,8 @@ class Hotel:
         self.checkout = checkout.Checkout(settings, self.safe, self.catalogue)
         self.supervisor = supervisor.Supervisor(settings, self.lines, self.checkout.give_up, rng)
         self.intake = intake.Intake(self.safe, settings.intake_batch_max)
+        self.intake_gate = trio.CapacityLimiter(settings.intake_concurrency)
+        """New tickets handled at once (the rest wait: live updates come first)."""
         self.book = checkpoints.Checkpoints(self.safe, settings.checkpoint_interval_seconds)
         self.laundry = laundry.Laundry(
             settings, self.safe, self.catalogue, self.lines, self._hire_for_job, self.book,
@@ -239,6 +242,8 @@ class Hotel:
             "jobs_running": dict(self.laundry.running),
             "listening": self.laundry.notifier.connected,
             "safe_connections_borrowed": self.pool.borrowed,
+            "intake_waiting": self.intake_gate.statistics().tasks_waiting,
+            "gc": housekeeping.pauses.report(),
         }
 
     async def locate(
