@@ -387,6 +387,7 @@ def summarise(run: Run, *, tickets: int, steps: int, interval: float) -> dict[st
             **run.probe,
             "butler_restarts": run.final_stats.get("butler_restarts"),
             "butlers_given_up": run.final_stats.get("butlers_given_up"),
+            "gc_pauses": run.final_stats.get("gc"),
         },
         "postgres_cpu_seconds": None
         if run.postgres_cpu_seconds is None

@@ -77,8 +77,7 @@ async def _serve(settings: config.HotelConfig) -> None:
             binds = await nursery.start(the_hotel.run)
             # Start-up objects live forever: keep them out of every collection, and
             # collect young objects less often (thousands of connections churn them).
-            housekeeping.tune(settings.gc_gen0_threshold, settings.gc_gen1_threshold,
-                              settings.gc_gen2_threshold)  # fmt: skip
+            housekeeping.tune(settings.gc_gen0_threshold, settings.gc_gen1_threshold)
             print(f"grandhotel: serving on {', '.join(binds)} as node {settings.node_name}",
                   flush=True)  # fmt: skip
             async for signum in signals:

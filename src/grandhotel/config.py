@@ -70,10 +70,12 @@ class HotelConfig:
     """Python's default (700) lets the cyclic GC dominate CPU with thousands of
     open connections (architecture.md); the server also freezes what start-up made."""
     gc_gen1_threshold: int = 10
-    gc_gen2_threshold: int = 10
-    """Python's own (10, 10) for the older generations: a full collection walks
-    every live object and stops the whole hotel while it runs (``GET /stats``
-    shows the pauses)."""
+    """Young collections per middle-generation collection (Python's own 10)."""
+    gc_full_interval_seconds: float = 600.0
+    """Longest time between full collections, which stop the whole hotel; it makes
+    one whenever no ticket is live, and Python never does (housekeeping.py)."""
+    gc_check_seconds: float = 1.0
+    """How often the hotel looks whether a full collection is due."""
     replay_tokens_max: int = 16
     """Tokens a ticket may hold: each idempotent replay of its POST gets its own."""
 
@@ -160,6 +162,9 @@ class HotelConfig:
                      "intake_concurrency", "gc_gen0_threshold"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for name in ("gc_check_seconds", "gc_full_interval_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0")
 
     def queue_limit(self, queue: str) -> int:
         """How many attempts of ``queue`` may run at once."""

@@ -132,16 +132,26 @@ class Hotel:
                 desk = await nursery.start(_scoped, self.intake.run)
                 relays = await nursery.start(_scoped, self._relay_endings)
                 staff = await nursery.start(_scoped, self.laundry.run)
+                keeper = await nursery.start(_scoped, self._full_collections)
                 self.binds = await nursery.start(self._serve)
                 task_status.started(self.binds)
                 await self._stop.wait()
                 await self._drain(staff, quarters)
                 books.cancel()
                 desk.cancel()
+                keeper.cancel()
                 relays.cancel()
                 heart.cancel()
         finally:
             await self.pool.aclose()
+
+    async def _full_collections(self, *, task_status: trio.TaskStatus[None]) -> None:
+        await housekeeping.full_collections(
+            check_seconds=self.settings.gc_check_seconds,
+            interval_seconds=self.settings.gc_full_interval_seconds,
+            quiet=lambda: self.supervisor.on_duty == 0,
+            task_status=task_status,
+        )
 
     async def _heartbeat(self, *, task_status: trio.TaskStatus[None]) -> None:
         await laundry.heartbeat(self.settings, self.safe, task_status=task_status)

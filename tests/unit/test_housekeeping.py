@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+
+import pytest
+import trio
+import trio.testing
 
 from grandhotel import housekeeping
 
@@ -27,3 +32,62 @@ def test_a_collection_outside_the_watch_is_not_counted() -> None:
     pauses = housekeeping.Pauses()
     gc.collect()
     assert all(pauses.report()[f"gen{n}"]["collections"] == 0 for n in range(3))
+
+
+@pytest.mark.parametrize(
+    ("quiet", "promoted", "since_last", "due"),
+    [
+        (True, 1, 0.0, True),  # quiet, and something reached the old generation
+        (True, 0, 5.0, False),  # quiet, but nothing new to look at
+        (False, 50, 599.0, False),  # busy: wait for the longest interval
+        (False, 50, 600.0, True),  # ... which bounds cyclic garbage
+        (False, 0, 600.0, True),
+    ],
+)
+def test_a_full_collection_is_due_when_quiet_or_after_the_longest_interval(
+    quiet: bool, promoted: int, since_last: float, due: bool
+) -> None:
+    assert (
+        housekeeping.full_collection_due(
+            quiet=quiet, promoted=promoted, since_last=since_last, interval=600.0
+        )
+        is due
+    )
+
+
+async def test_full_collections_follow_the_hotel_not_the_allocator(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collected: list[float] = []
+    busy = True
+    monkeypatch.setattr(gc, "collect", lambda *args: collected.append(trio.current_time()))
+    monkeypatch.setattr(gc, "get_count", lambda: (0, 0, 3))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                housekeeping.full_collections,
+                check_seconds=1.0, interval_seconds=30.0, quiet=lambda: not busy,
+            )
+        )  # fmt: skip
+        await trio.sleep(29.5)
+        assert collected == []  # busy: none before the longest interval
+        await trio.sleep(1.0)
+        assert len(collected) == 1  # the interval passed
+        busy = False
+        await trio.sleep(1.0)
+        assert len(collected) == 2  # quiet, with something promoted
+        nursery.cancel_scope.cancel()
+
+
+def test_tune_leaves_full_collections_to_the_hotel() -> None:
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    try:
+        housekeeping.tune(5_000, 7)
+        assert gc.get_threshold() == (5_000, 7, housekeeping.NEVER)
+        assert housekeeping.pauses in gc.callbacks
+    finally:
+        gc.set_threshold(*before)
+        gc.callbacks.remove(housekeeping.pauses)
+        if gc.get_freeze_count() > frozen:
+            gc.unfreeze()
