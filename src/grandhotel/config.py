@@ -58,17 +58,22 @@ class HotelConfig:
     """Allow WebSockets without ``Origin`` (scripts and mobile apps send none)."""
     listen_backlog: int = 4096
     """Above hypercorn's 100: thousands of WebSocket clients connect at once."""
-    accept_batch: int = 32
-    """Connections taken off the backlog per wake-up of the doorman (see doorman.py)."""
+    accept_batch: int = 1
+    """Connections taken off the backlog per wake-up of the doorman (doorman.py).
+    1 is trio's own pace; more lets a crowd in faster but puts all their
+    handshakes in one pass: at 8 and 32, a flood of 500 handshakes beside a
+    chatty ticket overran a 3 s idle timeout on 2 cores (test_supervision)."""
     shutdown_grace_seconds: float = 10.0
     intake_batch_max: int = 200
     """New tickets written by one INSERT at most (group commit under load)."""
     intake_concurrency: int = 8
     """``POST /tickets`` handled at once; more wait their turn at the desk, so a
     crowd of new tickets cannot delay the live updates of running ones."""
-    gc_gen0_threshold: int = 50_000
+    gc_gen0_threshold: int = 10_000
     """Python's default (700) lets the cyclic GC dominate CPU with thousands of
-    open connections (architecture.md); the server also freezes what start-up made."""
+    open connections (architecture.md); 50,000 made each young collection a
+    150-500 ms pause at 3,000 watched tickets; 10,000 had the lowest p99 of
+    2,000 / 10,000 / 50,000 side by side (bench/README.md)."""
     gc_gen1_threshold: int = 10
     """Young collections per middle-generation collection (Python's own 10)."""
     gc_full_interval_seconds: float = 600.0

@@ -47,6 +47,8 @@ async def test_sick_butlers_500_tickets_3_watchers_each(start_hotel: Any, query:
         chaos_butler_crash_rate=0.1, butler_restart_limit=1000, butler_redeliveries=10,
         laundry_step_seconds=0.2,
         pool_size=10,
+        # 1,500 watchers connect at once, all from 127.0.0.1.
+        max_connections_per_client=2_000,
     )  # fmt: skip
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         created = await create_many(client, 500, args={"suits": 4})
