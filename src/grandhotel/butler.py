@@ -100,12 +100,10 @@ class Line:
             # room (the common case); the reporter's own awaits are its yields,
             # and a reporter that never awaits anything else still yields here
             # once the inbox is full.
-            self._send.send_nowait(report)
-        except trio.WouldBlock:
             try:
+                self._send.send_nowait(report)
+            except trio.WouldBlock:
                 await self._send.send(report)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True

@@ -11,10 +11,14 @@ watchers). The doorman waits for the listening socket to be readable, then
 takes up to ``accept_batch`` waiting connections without yielding and starts
 hypercorn's per-connection server for each. The batch is bounded so that a
 crowd at the door is let in over a few passes, not in one pass that would
-stall every live guest's next frame. The default is 1 (trio's own pace): with
-8 or 32, 500 handshakes arriving at once beside a chatty ticket took long
-enough on 2 cores that some overran a 3 s idle timeout, so a larger batch is
-an operator's choice for a machine with room, not a default.
+stall every live guest's next frame. The default is 1 (trio's own pace). With
+8 or 32, an in-process test (500 WebSocket clients and the hotel sharing one
+trio loop on 2 cores, beside a chatty ticket, with a 3 s idle timeout) saw
+clients time out in their handshake: the likely cause is that connections
+taken sooner waited longer for their busy clients' first bytes than the idle
+timeout allows, and were dropped as half-open. Separate client processes send
+at once, so a larger batch is an operator's choice (``GRANDHOTEL_ACCEPT_BATCH``)
+for crowds arriving faster than one connection per pass, not a default.
 
 Everything else is hypercorn's, as in ``hypercorn.trio.serve`` (0.17-0.18):
 the ASGI lifespan, one ``TCPServer`` per connection, and on shutdown the
