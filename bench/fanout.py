@@ -229,6 +229,11 @@ def _finish(
         side.total_cpu = server.proc_cpu_seconds(target.pid) - cpu0
 
 
+MIN_WINDOW_SHARE = 0.25
+"""A side's window (every connection open, no stream ended) must last this share of
+its streams' span, or its CPU per event is not a steady-state measurement."""
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b:
         return None
@@ -252,12 +257,20 @@ async def run(options: argparse.Namespace) -> report.Result:
     bm, rm = bare.metrics(), real.metrics()
     ratio = _ratio(rm["server_cpu_us_per_event"], bm["server_cpu_us_per_event"])
     failures = [target.death] if target.death else []
+    span = options.steps * options.interval
     for side in (bare, real):
         for key in ("duplicated", "out_of_order", "missing_terminal", "lost_gaps"):
             if side.checks.get(key):
                 failures.append(f"{side.name}: {key} = {side.checks[key]}")
-        if not side.frames:
-            failures.append(f"{side.name}: no frame in the window (too few steps?)")
+        if side.seconds < MIN_WINDOW_SHARE * span:
+            # The last connections opened just before the first tickets ended: no
+            # steady window, so no CPU per event worth comparing.
+            ratio = None
+            failures.append(
+                f"{side.name}: the window lasted {side.seconds:.1f} s of the streams' "
+                f"{span:g} s (connections opened too slowly): use fewer --connections "
+                "or more --steps"
+            )
     result = report.Result(
         scenario="fanout",
         parameters={

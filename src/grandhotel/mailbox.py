@@ -60,7 +60,8 @@ class Mailbox:
                 self._drop_progress()
             self._progress += 1
         self._items.append(Item(seq, frame, coalescable))
-        self._lot.unpark_all()
+        if self._lot:  # the reader is waiting (not busy writing the last frame)
+            self._lot.unpark_all()
 
     def push_control(self, frame: str) -> None:
         """Queue an unnumbered frame (a ``pong``) in order with the rest."""

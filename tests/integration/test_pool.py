@@ -35,6 +35,20 @@ async def make_pool(database_url: str) -> AsyncIterator[Callable[..., pool.Pool]
         await each.aclose()
 
 
+async def leave_half_done(conn: bridge.TrioConnection) -> None:
+    """A temp table and a row written in the open transaction, then stuck until cancelled."""
+    await conn.execute("CREATE TEMP TABLE leftovers (x int)")
+    await conn.execute("INSERT INTO notes VALUES ('half done')")
+    await trio.sleep(5)
+
+
+async def assert_clean(conn: bridge.TrioConnection) -> None:
+    """No transaction open and nothing of the last user's session left."""
+    assert conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    cursor = await conn.execute("SELECT to_regclass('pg_temp.leftovers')::text")
+    assert await cursor.fetchone() == (None,)
+
+
 def open_transactions(query: Query) -> list[tuple[Any, ...]]:
     """Backends of the test's database sitting inside a transaction."""
     return query(
@@ -123,15 +137,11 @@ async def test_cancel_between_statements_is_rolled_back_before_reuse(
     with trio.move_on_after(0.1) as scope:
         async with connections.connection() as conn:
             await conn.execute("BEGIN")
-            await conn.execute("CREATE TEMP TABLE leftovers (x int)")
-            await conn.execute("INSERT INTO notes VALUES ('half done')")
-            await trio.sleep(5)
+            await leave_half_done(conn)
     assert scope.cancelled_caught
 
     async with connections.connection() as conn:
-        assert conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-        cursor = await conn.execute("SELECT to_regclass('pg_temp.leftovers')::text")
-        assert await cursor.fetchone() == (None,)
+        await assert_clean(conn)
     assert connections.opened == 1, "a rolled-back connection is reused"
     assert query("SELECT count(*) FROM notes") == [(0,)]
     assert open_transactions(query) == []
@@ -146,15 +156,11 @@ async def test_cancel_inside_a_transaction_block_leaks_nothing(
     with trio.move_on_after(0.1) as scope:
         async with connections.connection() as conn, conn.transaction():
             first = conn
-            await conn.execute("CREATE TEMP TABLE leftovers (x int)")
-            await conn.execute("INSERT INTO notes VALUES ('half done')")
-            await trio.sleep(5)
+            await leave_half_done(conn)
     assert scope.cancelled_caught
 
     async with connections.connection() as conn:
-        assert conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-        cursor = await conn.execute("SELECT to_regclass('pg_temp.leftovers')::text")
-        assert await cursor.fetchone() == (None,)
+        await assert_clean(conn)
         async with conn.transaction():  # usable for another transaction block
             await conn.execute("INSERT INTO notes VALUES ('whole')")
     # Actual behaviour: psycopg's transaction block could not run its own exit
