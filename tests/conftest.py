@@ -90,6 +90,10 @@ def test_settings(database_url: str, **overrides: Any) -> config.HotelConfig:
         "poll_interval_seconds": 0.2,
         "shutdown_grace_seconds": 2.0,
         "operator_token": "operator-secret-for-tests",
+        # The tests' clients run in the server's own trio loop, so its lag is
+        # theirs too: the desk's pacing is off here and tested on its own
+        # (tests/unit/test_pace.py, tests/acceptance/test_live_first.py).
+        "live_lag_target_ms": 0.0,
     }
     values.update(overrides)
     return config.HotelConfig.from_env(env={}, **values)

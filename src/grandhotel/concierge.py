@@ -133,6 +133,7 @@ class Concierge:
     async def _attend(self, line: butler.Line, after: int) -> None:
         snapshot, box = line.subscribe(after)
         codes: list[int] = []
+        self.hotel.sessions += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._until, nursery.cancel_scope, codes,
@@ -140,6 +141,7 @@ class Concierge:
                 nursery.start_soon(self._until, nursery.cancel_scope, codes,
                                    self._listen(line, box))  # fmt: skip
         finally:
+            self.hotel.sessions -= 1
             line.unsubscribe(box)
         await websocket.close(codes[0], REASONS.get(codes[0], ""))
 

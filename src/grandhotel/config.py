@@ -68,13 +68,42 @@ class HotelConfig:
     intake_concurrency: int = 8
     """``POST /tickets`` handled at once; more wait their turn at the desk, so a
     crowd of new tickets cannot delay the live updates of running ones."""
+    intake_wait_seconds: float = 30.0
+    """Longest a new ticket waits for its turn at the desk before a 503."""
+    live_lag_target_ms: float = 5.0
+    """While guests watch and the loop's lag is above this, the desk paces new
+    tickets so that the frames of running ones stay on time (pace.py); 0 turns
+    pacing off."""
+    pace_tick_seconds: float = 0.05
+    """How often the loop's lag is measured."""
+    pace_min_rate: float = 2.0
+    """The slowest pace of the desk, in new tickets per second."""
+    pace_recovery_per_second: float = 5.0
+    """Tickets per second the pace regains per second the loop is on time."""
+    door_min_rate: float = 20.0
+    """The slowest pace of the door (new connections per second) while the loop
+    is late with guests watching (doorman.py)."""
+    door_recovery_per_second: float = 20.0
+    """Connections per second the door's pace regains per second on time."""
+    pace_backoff: float = 0.8
+    """The factor the pace is cut by when the loop is late (0 < f < 1)."""
+    pace_cooldown_seconds: float = 0.5
+    """The shortest time between two cuts of the pace."""
     gc_gen0_threshold: int = 10_000
     """Python's default (700) lets the cyclic GC dominate CPU with thousands of
     open connections (architecture.md); 50,000 made each young collection a
     150-500 ms pause at 3,000 watched tickets; 10,000 had the lowest p99 of
     2,000 / 10,000 / 50,000 side by side (bench/README.md)."""
-    gc_gen1_threshold: int = 10
-    """Young collections per middle-generation collection (Python's own 10)."""
+    gc_gen1_threshold: int = 0
+    """Young collections per middle-generation collection (Python's own is 10);
+    0: none, the hotel's full collections do that work too. A middle collection
+    walks every object that survived a young one (each live ticket's tasks and
+    connections), and was the longest pause of a busy run: 229-346 ms at 3,000
+    watched tickets, against none with 0 and a peak RSS no higher (bench/README.md)."""
+    gc_young_interval_seconds: float = 0.1
+    """The hotel collects the young generation this often besides Python's own
+    trigger, which lets it grow far past its threshold when old objects die
+    (housekeeping.py); 0: Python's trigger only."""
     gc_full_interval_seconds: float = 600.0
     """Longest time between full collections, which stop the whole hotel; it makes
     one whenever no ticket is live, and Python never does (housekeeping.py)."""
@@ -163,10 +192,18 @@ class HotelConfig:
             raise ValueError(f"chaos_exit_at must be one of {sorted(chaos.EXIT_POINTS)}")
         for name in ("pool_size", "max_attempts", "butler_restart_limit", "butler_inbox_size",
                      "watcher_buffer_events", "replay_tokens_max", "accept_batch",
-                     "intake_concurrency", "gc_gen0_threshold", "gc_gen1_threshold"):  # fmt: skip
+                     "intake_concurrency", "gc_gen0_threshold"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("gc_check_seconds", "gc_full_interval_seconds"):
+        for name in ("gc_gen1_threshold", "gc_young_interval_seconds", "live_lag_target_ms",
+                     "pace_min_rate", "pace_recovery_per_second", "door_min_rate",
+                     "door_recovery_per_second", "pace_cooldown_seconds"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if not 0.0 < self.pace_backoff < 1.0:
+            raise ValueError("pace_backoff must be between 0 and 1")
+        for name in ("gc_check_seconds", "gc_full_interval_seconds", "intake_wait_seconds",
+                     "pace_tick_seconds"):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0")
 

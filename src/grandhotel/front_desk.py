@@ -99,14 +99,29 @@ class FrontDesk:
     async def create(self) -> Response:
         """``POST /tickets``: validate, write, hire, answer 201 with the token.
 
-        At most ``intake_concurrency`` at once; the rest wait their turn here.
+        A valid ticket waits its turn: in order, at the pace the loop allows
+        while guests watch (pace.py), up to ``intake_wait_seconds`` (then 503);
+        then at most ``intake_concurrency`` are written at once.
         """
-        async with self.hotel.intake_gate:
-            return await self._create()
-
-    async def _create(self) -> Response:
         body = await self._json_body()
         service, args, guest = self._validate(body)
+        hotel = self.hotel
+        with trio.move_on_after(hotel.settings.intake_wait_seconds) as waiting:
+            await hotel.turns.take()
+            await hotel.intake_gate.acquire()
+        if waiting.cancelled_caught:  # only the wait is timed: never a half-made ticket
+            raise problems.Problem(
+                503, "the desk is pacing new tickets to keep live ones on time; try again",
+                {"Retry-After": "1"},
+            )  # fmt: skip
+        try:
+            return await self._create(body, service, args, guest)
+        finally:
+            hotel.intake_gate.release()
+
+    async def _create(
+        self, body: dict[str, Any], service: Any, args: dict[str, Any], guest: str
+    ) -> Response:
         hotel = self.hotel
         key = self._idempotency_key()
         token = tokens.mint()

@@ -36,6 +36,7 @@ from grandhotel import (
     housekeeping,
     intake,
     laundry,
+    pace,
     services,
     supervisor,
     tickets,
@@ -95,6 +96,22 @@ class Hotel:
         self.intake = intake.Intake(self.safe, settings.intake_batch_max)
         self.intake_gate = trio.CapacityLimiter(settings.intake_concurrency)
         """New tickets handled at once (the rest wait: live updates come first)."""
+        self.pace = pace.Pace(
+            target_lag=settings.live_lag_target_ms / 1000, min_rate=settings.pace_min_rate,
+            recovery=settings.pace_recovery_per_second, backoff=settings.pace_backoff,
+            cooldown=settings.pace_cooldown_seconds,
+        )  # fmt: skip
+        self.turns = pace.Turns(self.pace, settings.pace_tick_seconds)
+        """New tickets' turns at the desk, paced while frames are late (pace.py)."""
+        self.door_pace = pace.Pace(
+            target_lag=settings.live_lag_target_ms / 1000, min_rate=settings.door_min_rate,
+            recovery=settings.door_recovery_per_second, backoff=settings.pace_backoff,
+            cooldown=settings.pace_cooldown_seconds,
+        )  # fmt: skip
+        self.door_turns = pace.Turns(self.door_pace, settings.pace_tick_seconds)
+        """New connections' turns at the door, paced the same way (doorman.py)."""
+        self.sessions = 0
+        """Guests' WebSocket sessions attending a live ticket (the concierge counts)."""
         self.book = checkpoints.Checkpoints(self.safe, settings.checkpoint_interval_seconds)
         self.laundry = laundry.Laundry(
             settings, self.safe, self.catalogue, self.lines, self._hire_for_job, self.book,
@@ -133,6 +150,8 @@ class Hotel:
                 relays = await nursery.start(_scoped, self._relay_endings)
                 staff = await nursery.start(_scoped, self.laundry.run)
                 keeper = await nursery.start(_scoped, self._full_collections)
+                metronome = await nursery.start(_scoped, self._metronome)
+                young = await nursery.start(_scoped, self._young_collections)
                 self.binds = await nursery.start(self._serve)
                 task_status.started(self.binds)
                 await self._stop.wait()
@@ -140,6 +159,8 @@ class Hotel:
                 books.cancel()
                 desk.cancel()
                 keeper.cancel()
+                metronome.cancel()
+                young.cancel()
                 relays.cancel()
                 heart.cancel()
         finally:
@@ -152,6 +173,19 @@ class Hotel:
             quiet=lambda: self.supervisor.on_duty == 0,
             task_status=task_status,
         )
+
+    async def _young_collections(self, *, task_status: trio.TaskStatus[None]) -> None:
+        interval = self.settings.gc_young_interval_seconds
+        if interval > 0:
+            await housekeeping.young_collections(interval_seconds=interval, task_status=task_status)
+        else:
+            task_status.started()
+
+    async def _metronome(self, *, task_status: trio.TaskStatus[None]) -> None:
+        await pace.metronome(
+            [self.pace, self.door_pace], tick_seconds=self.settings.pace_tick_seconds,
+            watched=lambda: self.sessions > 0, task_status=task_status,
+        )  # fmt: skip
 
     async def _heartbeat(self, *, task_status: trio.TaskStatus[None]) -> None:
         await laundry.heartbeat(self.settings, self.safe, task_status=task_status)
@@ -168,7 +202,8 @@ class Hotel:
         hc.errorlog = logging.getLogger("hypercorn.error")
         await doorman.serve(
             self.doors, hc, accept_batch=self.settings.accept_batch,
-            shutdown_trigger=self._doors_closed.wait, task_status=task_status,
+            shutdown_trigger=self._doors_closed.wait, turn=self.door_turns.take,
+            task_status=task_status,
         )  # fmt: skip
 
     async def _drain(self, staff: trio.CancelScope, quarters: trio.CancelScope) -> None:
@@ -252,7 +287,9 @@ class Hotel:
             "jobs_running": dict(self.laundry.running),
             "listening": self.laundry.notifier.connected,
             "safe_connections_borrowed": self.pool.borrowed,
-            "intake_waiting": self.intake_gate.statistics().tasks_waiting,
+            "intake_waiting": self.intake_gate.statistics().tasks_waiting + self.turns.waiting,
+            "intake_pace": self.pace.report(),
+            "door_pace": self.door_pace.report() | {"waiting": self.door_turns.waiting},
             "gc": housekeeping.pauses.report(),
         }
 

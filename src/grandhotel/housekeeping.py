@@ -19,8 +19,11 @@ triggers one whenever enough has survived, in the middle of the busiest
 minute. So the hotel schedules full collections itself (``full_collections``):
 when it is quiet (no ticket live) and something has reached the old generation,
 and in any case every ``gc_full_interval_seconds`` so that cyclic garbage stays
-bounded. Young collections stay automatic, with thresholds that keep each
-pause short.
+bounded. Young collections stay automatic, with a threshold that keeps each
+pause short; middle ones (which walk every survivor of a young one again: each
+live ticket's tasks and connections) are off by default and left to the full
+ones too. Cyclic garbage is rare here (a 3,000-ticket run with no collection
+at all peaked at 183 MB against 179 MB with them), so little waits for them.
 """
 
 from __future__ import annotations
@@ -76,12 +79,13 @@ pauses = Pauses()
 
 
 def tune(gen0: int, gen1: int) -> None:
-    """Freeze what exists now, set the young thresholds, leave full collections to
-    ``full_collections``, and start timing collections."""
+    """Freeze what exists now, set the young thresholds (``gen1`` 0: no middle
+    collections), leave full collections to ``full_collections``, and start
+    timing collections."""
     gc.collect()
     gc.freeze()
     pauses.frozen = gc.get_freeze_count()
-    gc.set_threshold(gen0, gen1, NEVER)
+    gc.set_threshold(gen0, gen1 or NEVER, NEVER)
     if pauses not in gc.callbacks:
         gc.callbacks.append(pauses)
 
@@ -90,6 +94,22 @@ def full_collection_due(*, quiet: bool, promoted: int, since_last: float, interv
     """Whether to collect everything now: quiet with something new in the old
     generation, or the longest interval has passed."""
     return (quiet and promoted > 0) or since_last >= interval
+
+
+async def young_collections(
+    *, interval_seconds: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Collect the young generation every ``interval_seconds``, until cancelled.
+
+    Python's own trigger counts allocations minus deallocations, and every old
+    object that dies (a finished ticket's tasks and connections) counts against
+    it: under churn the young generation grew to 213,421 objects with its count
+    at 10,001, and that collection took 157 ms. A clock bounds it by time instead.
+    """
+    task_status.started()
+    while True:
+        await trio.sleep(interval_seconds)
+        gc.collect(0)
 
 
 async def full_collections(
@@ -105,7 +125,8 @@ async def full_collections(
     while True:
         await trio.sleep(check_seconds)
         now = trio.current_time()
-        promoted = gc.get_count()[2]  # young collections since the last full one
+        counts = gc.get_count()  # young (middle) collections since the last middle (full)
+        promoted = counts[1] + counts[2]
         if full_collection_due(
             quiet=quiet(), promoted=promoted, since_last=now - last, interval=interval_seconds
         ):

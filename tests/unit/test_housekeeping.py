@@ -61,7 +61,7 @@ async def test_full_collections_follow_the_hotel_not_the_allocator(
     collected: list[float] = []
     busy = True
     monkeypatch.setattr(gc, "collect", lambda *args: collected.append(trio.current_time()))
-    monkeypatch.setattr(gc, "get_count", lambda: (0, 0, 3))
+    monkeypatch.setattr(gc, "get_count", lambda: (0, 3, 0))  # promoted, middle ones off
     async with trio.open_nursery() as nursery:
         await nursery.start(
             functools.partial(
@@ -85,9 +85,26 @@ def test_tune_leaves_full_collections_to_the_hotel() -> None:
     try:
         housekeeping.tune(5_000, 7)
         assert gc.get_threshold() == (5_000, 7, housekeeping.NEVER)
+        housekeeping.tune(5_000, 0)  # no middle collections either
+        assert gc.get_threshold() == (5_000, housekeeping.NEVER, housekeeping.NEVER)
         assert housekeeping.pauses in gc.callbacks
     finally:
         gc.set_threshold(*before)
         gc.callbacks.remove(housekeeping.pauses)
         if gc.get_freeze_count() > frozen:
             gc.unfreeze()
+
+
+async def test_young_collections_run_on_the_clock(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collected: list[tuple[float, tuple[int, ...]]] = []
+    monkeypatch.setattr(gc, "collect", lambda *args: collected.append((trio.current_time(), args)))
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        await nursery.start(functools.partial(housekeeping.young_collections, interval_seconds=0.1))
+        await trio.sleep(1.05)
+        nursery.cancel_scope.cancel()
+    assert [args for _, args in collected] == [(0,)] * 10  # the young generation only
+    expected = [round(0.1 * n, 6) for n in range(1, 11)]
+    assert [round(at - start, 6) for at, _ in collected] == expected
