@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from grandhotel import doorman
+from grandhotel import doorman, pace
 
 
 def listening() -> socket.socket:
@@ -43,7 +43,7 @@ async def test_waiting_connections_are_taken_in_batches_of_at_most_accept_batch(
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(doorman._take, sock, admit, 5)
+            nursery.start_soon(doorman._take, sock, admit, 5, None)
             with trio.fail_after(5):
                 while len(admitted) < 12:
                     await trio.sleep(0.01)
@@ -61,7 +61,7 @@ async def test_a_lone_connection_is_taken_at_once_and_nothing_waits_on_an_empty_
     admitted: list[socket.socket] = []
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(doorman._take, sock, admitted.append, 32)
+            nursery.start_soon(doorman._take, sock, admitted.append, 32, None)
             await trio.testing.wait_all_tasks_blocked()
             assert admitted == []  # parked on the socket, not spinning
             client = socket.create_connection(sock.getsockname())
@@ -73,4 +73,32 @@ async def test_a_lone_connection_is_taken_at_once_and_nothing_waits_on_an_empty_
         client.close()
     finally:
         for conn in [*admitted, sock]:
+            conn.close()
+
+
+async def test_a_paced_door_takes_each_connection_in_its_turn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sock = listening()
+    clients = [socket.create_connection(sock.getsockname()) for _ in range(4)]
+    door = pace.Pace(target_lag=0.005, min_rate=1.0, recovery=0.0, backoff=0.5, cooldown=0.5)
+    door.rate = 2.0  # two connections a second
+    turns = pace.Turns(door, 0.05)
+    taken: list[float] = []
+    admitted: list[socket.socket] = []
+
+    def admit(conn: socket.socket) -> None:
+        taken.append(trio.current_time())
+        admitted.append(conn)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(doorman._take, sock, admit, 32, turns.take)
+            while len(admitted) < 4:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        assert [round(at - start, 2) for at in taken] == [0.0, 0.5, 1.0, 1.5]
+    finally:
+        for conn in [*clients, *admitted, sock]:
             conn.close()
