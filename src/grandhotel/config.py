@@ -65,9 +65,12 @@ class HotelConfig:
     shutdown_grace_seconds: float = 10.0
     intake_batch_max: int = 200
     """New tickets written by one INSERT at most (group commit under load)."""
-    intake_concurrency: int = 8
-    """``POST /tickets`` handled at once; more wait their turn at the desk, so a
-    crowd of new tickets cannot delay the live updates of running ones."""
+    intake_concurrency: int = 32
+    """``POST /tickets`` written at once; more wait their turn at the desk. It
+    bounds the work and memory of a crowd of new tickets; the live updates of
+    running ones are kept on time by the pace (``live_lag_target_ms``), so the
+    gate can be wide enough for large group commits (8 was the default before
+    the pace: intake 0.72 x the bare route against ~0.78 x with 32)."""
     intake_wait_seconds: float = 30.0
     """Longest a new ticket waits for its turn at the desk before a 503."""
     live_lag_target_ms: float = 5.0
