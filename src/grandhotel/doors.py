@@ -26,7 +26,6 @@ The rest of the limits are hypercorn's own settings, set in ``hotel.py``.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import json
 import logging
@@ -77,9 +76,12 @@ def _tolerant(protocol_send: Any) -> Any:
     @functools.wraps(protocol_send)
     async def protocol_send_tolerant(self: tcp_server.TCPServer, event: Any) -> None:
         # BusyResourceError: hypercorn's _close is shutting the socket down (without
-        # the send lock): there is nobody left to send to.
-        with contextlib.suppress(trio.BusyResourceError):
+        # the send lock): there is nobody left to send to. (try/except rather than
+        # contextlib.suppress: this runs for every frame and response sent.)
+        try:  # noqa: SIM105
             await protocol_send(self, event)
+        except trio.BusyResourceError:
+            pass
 
     return protocol_send_tolerant
 

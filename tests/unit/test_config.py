@@ -128,6 +128,12 @@ def test_settings_are_frozen() -> None:
         ({"watcher_buffer_events": -1}, "watcher_buffer_events must be at least 1"),
         ({"chaos_butler_crash_rate": 1.5}, "chaos_butler_crash_rate must be within 0..1"),
         ({"chaos_exit_at": "lunch"}, "chaos_exit_at must be one of"),
+        ({"live_lag_target_ms": -1.0}, "live_lag_target_ms must not be negative"),
+        ({"gc_gen1_threshold": -1}, "gc_gen1_threshold must not be negative"),
+        ({"pace_backoff": 1.0}, "pace_backoff must be between 0 and 1"),
+        ({"pace_backoff": 0.0}, "pace_backoff must be between 0 and 1"),
+        ({"intake_wait_seconds": 0.0}, "intake_wait_seconds must be above 0"),
+        ({"pace_tick_seconds": 0.0}, "pace_tick_seconds must be above 0"),
     ],
 )
 def test_out_of_range_settings_are_refused(overrides: dict[str, object], message: str) -> None:
@@ -143,3 +149,11 @@ def test_out_of_range_values_from_the_environment_are_refused() -> None:
 def test_a_known_chaos_exit_point_is_accepted() -> None:
     settings = config.HotelConfig.from_env(env={"GRANDHOTEL_CHAOS_EXIT_AT": "after_claim"})
     assert settings.chaos_exit_at == "after_claim"
+
+
+def test_zero_turns_the_pace_and_middle_collections_off() -> None:
+    settings = config.HotelConfig.from_env(
+        env={"GRANDHOTEL_LIVE_LAG_TARGET_MS": "0", "GRANDHOTEL_GC_GEN1_THRESHOLD": "0"}
+    )
+    assert settings.live_lag_target_ms == 0.0
+    assert settings.gc_gen1_threshold == 0
