@@ -171,6 +171,7 @@ class Hotel:
             check_seconds=self.settings.gc_check_seconds,
             interval_seconds=self.settings.gc_full_interval_seconds,
             quiet=lambda: self.supervisor.on_duty == 0,
+            hires=lambda: self.supervisor.hires,
             task_status=task_status,
         )
 

@@ -60,6 +60,8 @@ class Supervisor:
         self.lines = lines
         self.give_up = give_up
         self.rng = rng or random.Random()
+        self.hires = 0
+        """Butlers hired since start."""
         self.restarts = 0
         """Butler restarts since start-up, hotel-wide (operators read it)."""
         self.given_up = 0
@@ -98,6 +100,7 @@ class Supervisor:
             watcher_buffer=self.settings.watcher_buffer_events,
         )
         self.lines.register(notebook.ticket_id, line)
+        self.hires += 1
         self._nursery.start_soon(self._tend, line, name=f"butler {notebook.ticket_id}")
         return line
 

@@ -35,21 +35,21 @@ def test_a_collection_outside_the_watch_is_not_counted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("quiet", "promoted", "since_last", "due"),
+    ("quiet", "hired", "since_last", "due"),
     [
-        (True, 1, 0.0, True),  # quiet, and something reached the old generation
-        (True, 0, 5.0, False),  # quiet, but nothing new to look at
+        (True, 1, 0.0, True),  # turned quiet after butlers worked
+        (True, 0, 5.0, False),  # quiet, and still quiet: nothing new to look at
         (False, 50, 599.0, False),  # busy: wait for the longest interval
         (False, 50, 600.0, True),  # ... which bounds cyclic garbage
         (False, 0, 600.0, True),
     ],
 )
 def test_a_full_collection_is_due_when_quiet_or_after_the_longest_interval(
-    quiet: bool, promoted: int, since_last: float, due: bool
+    quiet: bool, hired: int, since_last: float, due: bool
 ) -> None:
     assert (
         housekeeping.full_collection_due(
-            quiet=quiet, promoted=promoted, since_last=since_last, interval=600.0
+            quiet=quiet, hired=hired, since_last=since_last, interval=600.0
         )
         is due
     )
@@ -60,22 +60,27 @@ async def test_full_collections_follow_the_hotel_not_the_allocator(
 ) -> None:
     collected: list[float] = []
     busy = True
+    hires = 3
     monkeypatch.setattr(gc, "collect", lambda *args: collected.append(trio.current_time()))
-    monkeypatch.setattr(gc, "get_count", lambda: (0, 3, 0))  # promoted, middle ones off
     async with trio.open_nursery() as nursery:
         await nursery.start(
             functools.partial(
                 housekeeping.full_collections,
                 check_seconds=1.0, interval_seconds=30.0, quiet=lambda: not busy,
+                hires=lambda: hires,
             )
         )  # fmt: skip
+        hires = 10  # butlers at work
         await trio.sleep(29.5)
         assert collected == []  # busy: none before the longest interval
         await trio.sleep(1.0)
         assert len(collected) == 1  # the interval passed
+        hires = 12
         busy = False
         await trio.sleep(1.0)
-        assert len(collected) == 2  # quiet, with something promoted
+        assert len(collected) == 2  # turned quiet after butlers worked
+        await trio.sleep(10.0)
+        assert len(collected) == 2  # still quiet, nobody hired: once per quiet spell
         nursery.cancel_scope.cancel()
 
 
