@@ -95,7 +95,7 @@ class Hotel:
         self.supervisor = supervisor.Supervisor(settings, self.lines, self.checkout.give_up, rng)
         self.intake = intake.Intake(self.safe, settings.intake_batch_max)
         self.intake_gate = trio.CapacityLimiter(settings.intake_concurrency)
-        """New tickets handled at once (the rest wait: live updates come first)."""
+        """New tickets written at once (bounds a crowd's work and memory)."""
         self.pace = pace.Pace(
             target_lag=settings.live_lag_target_ms / 1000, min_rate=settings.pace_min_rate,
             recovery=settings.pace_recovery_per_second, backoff=settings.pace_backoff,
