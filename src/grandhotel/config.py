@@ -199,14 +199,14 @@ class HotelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("gc_gen1_threshold", "gc_young_interval_seconds", "live_lag_target_ms",
-                     "pace_min_rate", "pace_recovery_per_second", "door_min_rate",
-                     "door_recovery_per_second", "pace_cooldown_seconds"):  # fmt: skip
+                     "pace_cooldown_seconds"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0.0 < self.pace_backoff < 1.0:
             raise ValueError("pace_backoff must be between 0 and 1")
         for name in ("gc_check_seconds", "gc_full_interval_seconds", "intake_wait_seconds",
-                     "pace_tick_seconds"):  # fmt: skip
+                     "pace_tick_seconds", "pace_min_rate", "pace_recovery_per_second",
+                     "door_min_rate", "door_recovery_per_second"):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0")
 

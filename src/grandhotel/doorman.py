@@ -72,8 +72,8 @@ async def serve(
     """Serve ``app`` on ``hc.bind`` until ``shutdown_trigger`` returns.
 
     ``task_status.started`` gets the bound addresses (``http://host:port``).
-    ``turn``, if given, is awaited before each connection is taken (the door's
-    pace: pace.py).
+    ``turn``, if given, is awaited for each connection taken, before hypercorn
+    gets it (the door's pace: pace.py).
     """
     wrapped = ASGIWrapper(app)
     state: LifespanState = {}
@@ -124,8 +124,6 @@ async def _take(
     while True:
         await trio.lowlevel.wait_readable(sock)
         for _ in range(batch):
-            if turn is not None:
-                await turn()
             try:
                 conn, _address = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -144,4 +142,12 @@ async def _take(
             conn.setblocking(False)
             if conn.family in (socket.AF_INET, socket.AF_INET6):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if turn is not None:
+                # Its turn only once there is a connection (a turn taken for an
+                # empty backlog would count as an admission and delay the next).
+                try:
+                    await turn()
+                except BaseException:
+                    conn.close()
+                    raise
             admit(conn)

@@ -21,7 +21,8 @@ once when it turns quiet (no ticket live, after butlers worked; not every
 second while other traffic keeps allocating, which cost the bare side of the
 fanout benchmark 5 % of its CPU), and in any case every
 ``gc_full_interval_seconds`` so that cyclic garbage stays bounded. Young
-collections stay automatic, with a threshold that keeps each pause short;
+collections run on the hotel's clock (``young_collections``) as well as on
+Python's trigger, which keeps each pause short;
 middle ones (which walk every survivor of a young one again: each live ticket's
 tasks and connections) are off by default and left to the full ones too.
 Cyclic garbage is rare here (a 3,000-ticket run with no collection at all
@@ -133,11 +134,12 @@ async def full_collections(
     while True:
         await trio.sleep(check_seconds)
         now = trio.current_time()
-        hired = hires()
+        hired, calm = hires(), quiet()
         if full_collection_due(
-            quiet=quiet(), hired=hired - hired_at_last, since_last=now - last,
+            quiet=calm, hired=hired - hired_at_last, since_last=now - last,
             interval=interval_seconds,
         ):  # fmt: skip
             gc.collect()
             last = trio.current_time()
-            hired_at_last = hired
+            if calm:  # a busy spell's interval collection still owes the quiet one
+                hired_at_last = hired

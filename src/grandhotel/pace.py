@@ -20,11 +20,13 @@ back and the desk is open again. Without watchers nobody waits for a frame, so
 intake runs flat out. The same rule as TCP congestion control (AIMD), with the
 loop's lag for a lost packet.
 
-The door (doorman.py) is paced the same way, with its own rate: new
-connections wait in the listen backlog.
+The door (doorman.py) is paced the same way, with its own rate: the doorman
+holds the one connection it has just taken until its turn, and the rest wait in
+the listen backlog.
 
-A ticket waiting for its turn waits in order (``FrontDesk`` holds a lock), up to
-``intake_wait_seconds``, then gets a 503 with ``Retry-After``.
+A ticket waiting for its turn waits in order (``Turns`` holds a lock), up to
+``intake_wait_seconds``, then gets a 503 with ``Retry-After`` (the line ahead of
+it at the current rate).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ DEMAND_WINDOW_SECONDS = 1.0
 """The admissions-per-second average reacts over about this long."""
 OPEN_MARGIN = 2.0
 """The desk opens again once its rate is this many times what it admits."""
+MIN_RATE = 0.01
+"""A floor under any rate (the config requires positive ones; this guards the division)."""
+RETRY_AFTER_MAX_SECONDS = 30
 
 
 @dataclasses.dataclass
@@ -67,6 +72,8 @@ class Pace:
     """Tickets admitted per second, averaged over about a second."""
     cuts: int = 0
     late: int = 0
+    admitted: int = 0
+    """Admissions since start."""
     _admitted: int = 0
     _last_cut: float = -math.inf
     _last_admission: float = -math.inf
@@ -89,7 +96,11 @@ class Pace:
         if watched and lag > self.target_lag:
             self.late += 1
             if now - self._last_cut >= self.cooldown:
-                base = self.rate if self.rate is not None else self.demand
+                # From what actually came in: a rate far above it holds nobody
+                # back, and cutting it would take several cooldowns to bite.
+                base = (
+                    self.demand if self.rate is None else min(self.rate, self.demand or self.rate)
+                )
                 self.rate = max(self.min_rate, base * self.backoff)
                 self._last_cut = now
                 self.cuts += 1
@@ -102,12 +113,19 @@ class Pace:
         """Seconds until the next ticket may come in (0: now)."""
         if self.rate is None:
             return 0.0
-        return max(0.0, self._last_admission + 1.0 / self.rate - now)
+        return max(0.0, self._last_admission + 1.0 / max(self.rate, MIN_RATE) - now)
 
     def admit(self, now: float) -> None:
         """A ticket came in at ``now``."""
         self._admitted += 1
+        self.admitted += 1
         self._last_admission = now
+
+    def retry_after(self, waiting: int) -> int:
+        """Seconds a refused client should wait: the line ahead of it at this rate."""
+        if self.rate is None:
+            return 1
+        return max(1, min(RETRY_AFTER_MAX_SECONDS, math.ceil(waiting / self.rate)))
 
     def report(self) -> dict[str, Any]:
         """For ``GET /stats``."""
@@ -118,6 +136,7 @@ class Pace:
             "target_lag_ms": round(self.target_lag * 1000, 2),
             "late_ticks": self.late,
             "cuts": self.cuts,
+            "admitted": self.admitted,
         }
 
 

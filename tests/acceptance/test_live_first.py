@@ -34,7 +34,7 @@ def hog_catalogue(steps: int) -> services.Catalogue:
 
 
 async def pace_after_a_hog(start_hotel: Any, query: Any, *, watched: bool) -> dict[str, Any]:
-    _, base = await start_hotel(
+    the_hotel, base = await start_hotel(
         catalogue=hog_catalogue(60), live_lag_target_ms=5.0, pace_min_rate=5.0,
         pace_cooldown_seconds=0.2,
     )  # fmt: skip
@@ -61,6 +61,8 @@ async def pace_after_a_hog(start_hotel: Any, query: Any, *, watched: bool) -> di
     assert query("SELECT count(*) FROM tickets") == [(11,)]
     if watched:
         assert_one_stream(seen.events, "completed")
+    assert the_hotel.sessions == 0  # every session that ended was counted out
+    assert during["door_pace"]["admitted"] >= 1  # connections went through the door's turns
     return during
 
 
@@ -74,7 +76,6 @@ async def test_a_late_loop_with_guests_watching_paces_the_desk(
     assert stats["door_pace"]["cuts"] >= 1  # the door is paced the same way
     # (The rate itself may read open again: with nothing admitted, the first
     # on-time tick finds that the pace holds nobody back.)
-    assert during["loop_lag_ms"] >= 0
 
 
 async def test_a_late_loop_with_nobody_watching_leaves_the_desk_open(
@@ -108,9 +109,9 @@ async def test_a_ticket_that_waits_too_long_for_its_turn_gets_a_503_and_is_not_w
     assert len(created) == 1  # the first went in; the next turn was 2 s away
     assert len(refused) == 3
     for answer in refused:
-        assert answer.headers["Retry-After"] == "1"
+        assert 1 <= int(answer.headers["Retry-After"]) <= 30  # the line ahead at 0.5/s
         assert answer.headers["Content-Type"].startswith("application/problem+json")
-        assert "pacing" in answer.json()["detail"]
+        assert "wait their turn" in answer.json()["detail"]
     assert query("SELECT count(*) FROM tickets") == [(1,)]
     assert query("SELECT count(*) FROM jobs") == [(1,)]
     assert stats["intake_waiting"] == 0

@@ -134,6 +134,9 @@ def test_settings_are_frozen() -> None:
         ({"pace_backoff": 0.0}, "pace_backoff must be between 0 and 1"),
         ({"intake_wait_seconds": 0.0}, "intake_wait_seconds must be above 0"),
         ({"pace_tick_seconds": 0.0}, "pace_tick_seconds must be above 0"),
+        ({"pace_min_rate": 0.0}, "pace_min_rate must be above 0"),
+        ({"door_min_rate": 0.0}, "door_min_rate must be above 0"),
+        ({"pace_recovery_per_second": 0.0}, "pace_recovery_per_second must be above 0"),
     ],
 )
 def test_out_of_range_settings_are_refused(overrides: dict[str, object], message: str) -> None:

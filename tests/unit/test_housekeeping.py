@@ -75,10 +75,10 @@ async def test_full_collections_follow_the_hotel_not_the_allocator(
         assert collected == []  # busy: none before the longest interval
         await trio.sleep(1.0)
         assert len(collected) == 1  # the interval passed
-        hires = 12
         busy = False
         await trio.sleep(1.0)
-        assert len(collected) == 2  # turned quiet after butlers worked
+        assert len(collected) == 2  # turned quiet after butlers worked (the busy
+        # interval's collection does not count as the quiet one)
         await trio.sleep(10.0)
         assert len(collected) == 2  # still quiet, nobody hired: once per quiet spell
         nursery.cancel_scope.cancel()

@@ -145,7 +145,7 @@ async def test_the_metronome_hears_a_long_batch_as_lag(
         await nursery.start(
             functools.partial(pace.metronome, [desk], tick_seconds=0.05, watched=lambda: watched)
         )
-        for _ in range(20):  # 1 s of 50 admissions a second, the loop on time
+        for _ in range(20):  # 0.4 s of 50 admissions a second, the loop on time
             desk.admit(trio.current_time())
             await trio.sleep(0.02)
         assert desk.rate is None
@@ -158,3 +158,30 @@ async def test_the_metronome_hears_a_long_batch_as_lag(
         assert desk.rate is not None
         assert desk.rate < 50
         nursery.cancel_scope.cancel()
+
+
+def test_a_cut_starts_from_what_came_in_not_from_a_rate_nobody_reached() -> None:
+    desk = make()
+    desk.rate = 500.0  # far above what clients send
+    admit_steadily(desk, 40, 3.0)
+    desk.rate = 500.0
+    desk.observe(10.0, 0.030, 0.05, watched=True)
+    assert desk.rate == pytest.approx(desk.backoff * desk.demand)
+    assert desk.rate < 40
+
+
+def test_a_refused_ticket_is_told_how_long_the_line_ahead_takes() -> None:
+    desk = make()
+    assert desk.retry_after(50) == 1  # open: try again at once
+    desk.rate = 2.0
+    assert desk.retry_after(0) == 1
+    assert desk.retry_after(7) == 4  # ceil(7 / 2)
+    assert desk.retry_after(10_000) == pace.RETRY_AFTER_MAX_SECONDS
+
+
+def test_admissions_are_counted_since_start() -> None:
+    desk = make()
+    for at in range(5):
+        desk.admit(float(at))
+    assert desk.admitted == 5
+    assert desk.report()["admitted"] == 5
