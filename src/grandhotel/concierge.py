@@ -11,8 +11,8 @@ snapshot and a mailbox atomically, so nothing falls between the two. The
 session writes the snapshot, then every frame from the mailbox; a write that
 took longer than ``write_deadline_seconds`` closes the guest with 1008 (slow
 reader), who may resume with ``?after=<seq>``. (A guest that stops reading
-altogether never finishes a write: the idle timeout drops it.) Meanwhile a reader task answers
-the guest's ``ping`` (a ``pong`` queued in order with the events) and forwards
+altogether never finishes a write: the idle timeout drops it.) Meanwhile a
+reader task answers the guest's ``ping`` (a ``pong`` queued in order with the events) and forwards
 ``cancel`` to checkout. After the terminal event the session closes with 1000;
 a mailbox closed without one means the server is going away: 1001.
 

@@ -110,10 +110,10 @@ class FrontDesk:
             await hotel.turns.take()
             await hotel.intake_gate.acquire()
         if waiting.cancelled_caught:  # only the wait is timed: never a half-made ticket
-            retry = hotel.pace.retry_after(hotel.turns.waiting)
             raise problems.Problem(
                 503, "the desk is busy: new tickets wait their turn while live updates run "
-                "late or the safe is slow; try again", {"Retry-After": str(retry)},
+                "late or the safe is slow; try again",
+                {"Retry-After": str(hotel.turns.retry_after())},
             )  # fmt: skip
         try:
             return await self._create(body, service, args, guest)

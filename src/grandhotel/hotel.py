@@ -67,6 +67,15 @@ async def _scoped(
             task_status.started(scope)
 
 
+def _paced_line(settings: config.HotelConfig, min_rate: float, recovery: float) -> pace.Turns:
+    """A line of newcomers paced by the loop's lag (pace.py), with the hotel's target."""
+    policy = pace.Pace(
+        target_lag=settings.live_lag_target_ms / 1000, min_rate=min_rate, recovery=recovery,
+        backoff=settings.pace_backoff, cooldown=settings.pace_cooldown_seconds,
+    )  # fmt: skip
+    return pace.Turns(policy, settings.pace_tick_seconds)
+
+
 class Hotel:
     """One hotel node.
 
@@ -96,19 +105,13 @@ class Hotel:
         self.intake = intake.Intake(self.safe, settings.intake_batch_max)
         self.intake_gate = trio.CapacityLimiter(settings.intake_concurrency)
         """New tickets written at once (bounds a crowd's work and memory)."""
-        self.pace = pace.Pace(
-            target_lag=settings.live_lag_target_ms / 1000, min_rate=settings.pace_min_rate,
-            recovery=settings.pace_recovery_per_second, backoff=settings.pace_backoff,
-            cooldown=settings.pace_cooldown_seconds,
-        )  # fmt: skip
-        self.turns = pace.Turns(self.pace, settings.pace_tick_seconds)
+        self.turns = _paced_line(
+            settings, settings.pace_min_rate, settings.pace_recovery_per_second
+        )
         """New tickets' turns at the desk, paced while frames are late (pace.py)."""
-        self.door_pace = pace.Pace(
-            target_lag=settings.live_lag_target_ms / 1000, min_rate=settings.door_min_rate,
-            recovery=settings.door_recovery_per_second, backoff=settings.pace_backoff,
-            cooldown=settings.pace_cooldown_seconds,
-        )  # fmt: skip
-        self.door_turns = pace.Turns(self.door_pace, settings.pace_tick_seconds)
+        self.door_turns = _paced_line(
+            settings, settings.door_min_rate, settings.door_recovery_per_second
+        )
         """New connections' turns at the door, paced the same way (doorman.py)."""
         self.sessions = 0
         """Guests' WebSocket sessions attending a live ticket (the concierge counts)."""
@@ -184,7 +187,7 @@ class Hotel:
 
     async def _metronome(self, *, task_status: trio.TaskStatus[None]) -> None:
         await pace.metronome(
-            [self.pace, self.door_pace], tick_seconds=self.settings.pace_tick_seconds,
+            [self.turns.pace, self.door_turns.pace], tick_seconds=self.settings.pace_tick_seconds,
             watched=lambda: self.sessions > 0, task_status=task_status,
         )  # fmt: skip
 
@@ -289,8 +292,8 @@ class Hotel:
             "listening": self.laundry.notifier.connected,
             "safe_connections_borrowed": self.pool.borrowed,
             "intake_waiting": self.intake_gate.statistics().tasks_waiting + self.turns.waiting,
-            "intake_pace": self.pace.report(),
-            "door_pace": self.door_pace.report() | {"waiting": self.door_turns.waiting},
+            "intake_pace": self.turns.pace.report(),
+            "door_pace": self.door_turns.pace.report() | {"waiting": self.door_turns.waiting},
             "gc": housekeeping.pauses.report(),
         }
 

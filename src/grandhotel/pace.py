@@ -161,7 +161,8 @@ async def metronome(
 
 
 class Turns:
-    """New tickets take their turn at the desk, in order, at the pace's rate."""
+    """Newcomers (tickets at the desk, connections at the door) take their turn,
+    in order, at the pace's rate."""
 
     def __init__(self, pace: Pace, tick_seconds: float) -> None:
         self.pace = pace
@@ -170,8 +171,12 @@ class Turns:
 
     @property
     def waiting(self) -> int:
-        """Tickets waiting for their turn."""
+        """Newcomers waiting for their turn."""
         return self._line.statistics().tasks_waiting + (1 if self._line.locked() else 0)
+
+    def retry_after(self) -> int:
+        """Seconds a refused newcomer should wait: the line ahead at the current rate."""
+        return self.pace.retry_after(self.waiting)
 
     async def take(self) -> None:
         """Return when it is this ticket's turn (re-reading the rate as it changes)."""

@@ -92,7 +92,7 @@ async def test_a_ticket_that_waits_too_long_for_its_turn_gets_a_503_and_is_not_w
 ) -> None:
     # The policy off (target 0) and the pace set by hand: one ticket every 2 s.
     the_hotel, base = await start_hotel(live_lag_target_ms=0.0, intake_wait_seconds=0.3)
-    the_hotel.pace.rate = 0.5
+    the_hotel.turns.pace.rate = 0.5
     answers: list[httpx.Response] = []
     body = {"service": "laundry", "args": {"suits": 1}, "guest": "room-412"}
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
