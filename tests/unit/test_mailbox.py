@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import random
 
+import pytest
 import trio
 import trio.testing
 
@@ -175,3 +176,29 @@ def test_memory_stays_bounded_under_a_flood_of_progress() -> None:
             box.push(seq, "progress", coalescable=True)
         assert len(box) <= 8 + control
     assert box.coalesced >= 100_000 - control - 8
+
+
+async def test_a_second_reader_is_refused_while_the_first_waits() -> None:
+    box = mailbox.Mailbox(capacity=8)
+    got: list[str | None] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _append(got, box))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await box.get()
+        box.push(1, "a", coalescable=True)
+    assert got == ["a"]
+
+
+async def test_a_reader_cancelled_while_waiting_can_wait_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    box = mailbox.Mailbox(capacity=8)
+    with trio.move_on_after(1):
+        await box.get()
+    got: list[str | None] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _append(got, box))
+        await trio.testing.wait_all_tasks_blocked()
+        box.push(1, "a", coalescable=True)
+    assert got == ["a"]
