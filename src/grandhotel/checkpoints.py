@@ -39,16 +39,22 @@ class Checkpoints:
 
     def note(self, job: int, attempt: int, done: int, total: int, message: str | None) -> None:
         """Remember an attempt's latest progress (keeping its unsaved checkpoint)."""
-        entry = self._pending.get(job)
-        if entry is None or entry.attempt != attempt:
-            self._pending[job] = vault.Progress(job, attempt, done, total, message)
-        else:
-            entry.done, entry.total, entry.message = done, total, message
+        self._entry(job, attempt).progressed(done, total, message)
 
     def save(self, job: int, attempt: int, done: int, total: int, message: str | None,
              checkpoint: Any) -> None:  # fmt: skip
         """Remember an attempt's checkpoint together with its progress."""
-        self._pending[job] = vault.Progress(job, attempt, done, total, message, checkpoint)
+        entry = self._entry(job, attempt)
+        entry.progressed(done, total, message)
+        entry.checkpoint = checkpoint
+
+    def _entry(self, job: int, attempt: int) -> vault.Progress:
+        # Updated in place, not replaced: a step notes and saves, many times a
+        # second per attempt, and each new entry would outlive a young collection.
+        entry = self._pending.get(job)
+        if entry is None or entry.attempt != attempt:
+            entry = self._pending[job] = vault.Progress(job, attempt, 0, 0, None)
+        return entry
 
     def forget(self, job: int) -> None:
         """The attempt ended (its final write holds the state): drop its entry."""
@@ -71,5 +77,14 @@ class Checkpoints:
             self.flushes += 1
         except vault.SafeUnavailable as ex:
             logger.warning("could not save %d checkpoint(s): %s", len(batch), ex)
-            batch.update(self._pending)
-            self._pending = batch
+            self._keep(batch)
+
+    def _keep(self, batch: dict[int, vault.Progress]) -> None:
+        """Take an unsaved batch back; what was noted since wins, but a newer entry
+        without a checkpoint keeps the same attempt's older one."""
+        for job, newer in self._pending.items():
+            older = batch.get(job)
+            if newer.checkpoint is None and older is not None and older.attempt == newer.attempt:
+                newer.checkpoint = older.checkpoint
+        batch.update(self._pending)
+        self._pending = batch
