@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -48,9 +48,13 @@ def utc_now() -> str:
     return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
 
 
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Made once: ``json.dumps`` with these options builds a new encoder per call."""
+
+
 def encode(body: Any) -> str:
     """One compact JSON text frame (encoded once, sent to every watcher)."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(body)
 
 
 class Line:

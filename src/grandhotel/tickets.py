@@ -271,10 +271,7 @@ def advance(notebook: Notebook, report: Report, at: str) -> tuple[Notebook, list
         case Progress(done=done, total=total, message=message):
             if notebook.status is not Status.IN_PROGRESS:
                 return notebook, []
-            changed = notebook._replace(
-                done=done, total=total, message=message, seq=notebook.seq + 1, updated_at=at
-            )
-            return changed, [_event(changed, "progress", terminal=False)]
+            return _progressed(notebook, done, total, message, at)
         case Started(attempt=attempt):
             if attempt <= notebook.attempt and notebook.status is Status.IN_PROGRESS:
                 return notebook, []
@@ -286,6 +283,30 @@ def advance(notebook: Notebook, report: Report, at: str) -> tuple[Notebook, list
                 return notebook, []
             done = record.get("done", notebook.done) if record else notebook.done
             return _move(notebook, outcome, at, record=record, reason=reason, done=done)
+
+
+def _progressed(
+    notebook: Notebook, done: int, total: int, message: str | None, at: str
+) -> tuple[Notebook, list[Event]]:
+    # The report of every step, so the hot path (the fanout benchmark): the
+    # notebook built field by field (``_replace`` costs three times as much) and
+    # the body directly; it equals ``_event(changed, "progress", terminal=False)``.
+    seq = notebook.seq + 1
+    changed = Notebook(
+        notebook.ticket_id, notebook.guest, notebook.service, notebook.args, notebook.butler,
+        notebook.status, done, total, message, seq, notebook.attempt, notebook.created_at, at,
+        notebook.reason, notebook.record,
+    )  # fmt: skip
+    body = {
+        "type": "progress", "ticket": notebook.ticket_id, "seq": seq,
+        "status": _IN_PROGRESS, "done": done, "total": total,
+        "percent": percent(done, total), "message": message, "at": at,
+    }  # fmt: skip
+    _add_ending(body, changed)
+    return changed, [Event(seq, "progress", False, body)]
+
+
+_IN_PROGRESS: Final = Status.IN_PROGRESS.value
 
 
 def _move(

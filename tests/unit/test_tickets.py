@@ -154,6 +154,31 @@ def test_progress_updates_the_notebook(make_notebook: NotebookFactory) -> None:
     assert "attempt" not in event.body
 
 
+@given(
+    done=st.integers(0, 10),
+    total=st.integers(0, 10),
+    message=st.none() | st.text(max_size=20),
+    reason=st.none() | st.text(max_size=20),
+    record=st.none() | st.fixed_dictionaries({"done": st.integers(0, 10)}),
+)
+def test_a_progress_step_equals_the_general_event(
+    make_notebook: NotebookFactory,
+    done: int,
+    total: int,
+    message: str | None,
+    reason: str | None,
+    record: dict[str, int] | None,
+) -> None:
+    # advance builds a step's notebook and body by hand (the hot path): they must
+    # be what _replace and _event give, reason and record included.
+    running = make_notebook(status=Status.IN_PROGRESS, attempt=2, reason=reason, record=record)
+    after, [event] = tickets.advance(running, tickets.Progress(done, total, message), AT)
+    expected = running._replace(done=done, total=total, message=message, seq=running.seq + 1,
+                                updated_at=AT)  # fmt: skip
+    assert after == expected
+    assert event == tickets._event(expected, "progress", terminal=False)
+
+
 def test_retrying_keeps_the_reason_until_the_next_start(make_notebook: NotebookFactory) -> None:
     started, _ = tickets.advance(make_notebook(), tickets.Started(1), AT)
     retrying, [event] = tickets.advance(started, tickets.Retrying(1, "boom"), AT)
