@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 from quart import Response, websocket
+from quart.globals import websocket_ctx
 from quart_trio import QuartTrio
 
 from grandhotel import backoff, butler, checkout, mailbox, problems, tickets, tokens
@@ -154,13 +155,14 @@ class Concierge:
     async def _deliver(self, snapshot: str, box: mailbox.Mailbox, line: butler.Line) -> int:
         """Write the snapshot and every event; return the close code."""
         deadline = self.hotel.settings.write_deadline_seconds
+        send = websocket_ctx.websocket.send  # the session's own, not the proxy per frame
         frame: str | None = snapshot
         while frame is not None:
             # Timed, not cancelled: hypercorn shields the socket write itself, so
             # a deadline could only ever land once the write is over anyway, and
             # arming one costs two updates of trio's deadline heap per frame.
             started = trio.current_time()
-            await websocket.send(frame)
+            await send(frame)
             if trio.current_time() - started > deadline:
                 logger.info("closing a watcher of %s: slower than the write deadline",
                             line.ticket_id)  # fmt: skip
