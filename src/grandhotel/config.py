@@ -104,9 +104,17 @@ class HotelConfig:
     connections), and was the longest pause of a busy run: 229-346 ms at 3,000
     watched tickets, against none with 0 and a peak RSS no higher (bench/README.md)."""
     gc_young_interval_seconds: float = 0.1
-    """The hotel collects the young generation this often besides Python's own
-    trigger, which lets it grow far past its threshold when old objects die
-    (housekeeping.py); 0: Python's trigger only."""
+    """The shortest wait between the hotel's young collections, and the first.
+    They run besides Python's own trigger, which lets the young generation grow
+    far past its threshold when old objects die (housekeeping.py); 0: Python's
+    trigger only."""
+    gc_young_longest_interval_seconds: float = 1.0
+    """The longest wait between the hotel's young collections: the wait grows
+    from ``gc_young_interval_seconds`` while pauses stay short, since most
+    young objects of a steady load die before a longer wait ends (fewer
+    collections, not longer ones: housekeeping.py)."""
+    gc_young_pause_target_ms: float = 10.0
+    """A young collection longer than this halves the wait before the next one."""
     gc_full_interval_seconds: float = 600.0
     """Longest time between full collections, which stop the whole hotel; it makes
     one whenever no ticket is live, and Python never does (housekeeping.py)."""
@@ -204,9 +212,14 @@ class HotelConfig:
                 raise ValueError(f"{name} must not be negative")
         if not 0.0 < self.pace_backoff < 1.0:
             raise ValueError("pace_backoff must be between 0 and 1")
+        if self.gc_young_longest_interval_seconds < self.gc_young_interval_seconds:
+            raise ValueError(
+                "gc_young_longest_interval_seconds must not be below gc_young_interval_seconds"
+            )
         for name in ("gc_check_seconds", "gc_full_interval_seconds", "intake_wait_seconds",
                      "pace_tick_seconds", "pace_min_rate", "pace_recovery_per_second",
-                     "door_min_rate", "door_recovery_per_second"):  # fmt: skip
+                     "door_min_rate", "door_recovery_per_second",
+                     "gc_young_pause_target_ms"):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0")
 

@@ -179,9 +179,14 @@ class Hotel:
         )
 
     async def _young_collections(self, *, task_status: trio.TaskStatus[None]) -> None:
-        interval = self.settings.gc_young_interval_seconds
-        if interval > 0:
-            await housekeeping.young_collections(interval_seconds=interval, task_status=task_status)
+        settings = self.settings
+        if settings.gc_young_interval_seconds > 0:
+            await housekeeping.young_collections(
+                shortest_seconds=settings.gc_young_interval_seconds,
+                longest_seconds=settings.gc_young_longest_interval_seconds,
+                pause_target_seconds=settings.gc_young_pause_target_ms / 1000,
+                task_status=task_status,
+            )
         else:
             task_status.started()
 

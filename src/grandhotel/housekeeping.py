@@ -22,9 +22,14 @@ second while other traffic keeps allocating, which cost the bare side of the
 fanout benchmark 5 % of its CPU), and in any case every
 ``gc_full_interval_seconds`` so that cyclic garbage stays bounded. Young
 collections run on the hotel's clock (``young_collections``) as well as on
-Python's trigger, which keeps each pause short;
-middle ones (which walk every survivor of a young one again: each live ticket's
-tasks and connections) are off by default and left to the full ones too.
+Python's trigger, which keeps each pause short; the clock's interval follows
+the pauses, between ``gc_young_interval_seconds`` and
+``gc_young_longest_interval_seconds``: at 500 watched tickets stepping every
+0.2 s, a young collection every 1 s paused the hotel about as long as one every
+0.1 s did (the objects walked are the ones still alive, a step's worth) and cut
+the fanout benchmark's CPU per event by 6 % (bench/README.md). Middle ones
+(which walk every survivor of a young one again: each live ticket's tasks and
+connections) are off by default and left to the full ones too.
 Cyclic garbage is rare here (a 3,000-ticket run with no collection at all
 peaked at 183 MB against 179 MB with them), so little waits for them.
 """
@@ -53,6 +58,8 @@ class Pauses:
         self._started = 0.0
         self.frozen = 0
         """Objects frozen at start-up (counted once: counting walks them all)."""
+        self.young_interval = 0.0
+        """The hotel's current wait between young collections (0: none)."""
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         """The ``gc.callbacks`` hook."""
@@ -74,7 +81,11 @@ class Pauses:
                 "longest_ms": round(self.longest[n] * 1000, 2),
             }
             for n in range(GENERATIONS)
-        } | {"frozen_objects": self.frozen, "thresholds": list(gc.get_threshold())}
+        } | {
+            "frozen_objects": self.frozen,
+            "thresholds": list(gc.get_threshold()),
+            "young_interval_seconds": round(self.young_interval, 3),
+        }
 
 
 pauses = Pauses()
@@ -100,20 +111,59 @@ def full_collection_due(*, quiet: bool, hired: int, since_last: float, interval:
     return (quiet and hired > 0) or since_last >= interval
 
 
+GROWTH = 1.5
+"""How much longer the next young interval gets while pauses stay well short."""
+
+
+def next_young_interval(
+    interval: float, pause: float, *, shortest: float, longest: float, target: float
+) -> float:
+    """The wait before the next young collection, from the last one's pause.
+
+    A young collection walks what was made since the last one and is still
+    alive. Under a steady load most of that is short-lived (a step's tasks,
+    scopes and notebook, alive until the next step), so once the interval is
+    longer than those lives the pause stops growing with it while the
+    collections get rarer: a longer interval costs less CPU for the same pause.
+    So the interval grows while a pause ``GROWTH`` times longer would still be
+    within ``target``, and halves when a pause is over it (a load whose objects
+    live longer: each pause then grows with the interval).
+    """
+    if pause > target:
+        return max(shortest, interval / 2)
+    if pause * GROWTH <= target:
+        return min(longest, interval * GROWTH)
+    return interval
+
+
 async def young_collections(
-    *, interval_seconds: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    *,
+    shortest_seconds: float,
+    longest_seconds: float,
+    pause_target_seconds: float,
+    clock: Callable[[], float] = time.perf_counter,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Collect the young generation every ``interval_seconds``, until cancelled.
+    """Collect the young generation on the hotel's clock, until cancelled.
 
     Python's own trigger counts allocations minus deallocations, and every old
     object that dies (a finished ticket's tasks and connections) counts against
     it: under churn the young generation grew to 213,421 objects with its count
-    at 10,001, and that collection took 157 ms. A clock bounds it by time instead.
+    at 10,001, and that collection took 157 ms. A clock bounds it by time
+    instead; the interval starts at ``shortest_seconds`` and follows the pauses
+    (``next_young_interval``, each pause timed by ``clock``), within
+    ``longest_seconds``.
     """
+    interval = pauses.young_interval = shortest_seconds
     task_status.started()
     while True:
-        await trio.sleep(interval_seconds)
+        await trio.sleep(interval)
+        started = clock()
         gc.collect(0)
+        interval = pauses.young_interval = next_young_interval(
+            interval, clock() - started, shortest=shortest_seconds,
+            longest=longest_seconds, target=pause_target_seconds,
+        )  # fmt: skip
 
 
 async def full_collections(

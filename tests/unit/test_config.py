@@ -137,6 +137,11 @@ def test_settings_are_frozen() -> None:
         ({"pace_min_rate": 0.0}, "pace_min_rate must be above 0"),
         ({"door_min_rate": 0.0}, "door_min_rate must be above 0"),
         ({"pace_recovery_per_second": 0.0}, "pace_recovery_per_second must be above 0"),
+        ({"gc_young_pause_target_ms": 0.0}, "gc_young_pause_target_ms must be above 0"),
+        (
+            {"gc_young_interval_seconds": 2.0},
+            "gc_young_longest_interval_seconds must not be below gc_young_interval_seconds",
+        ),
     ],
 )
 def test_out_of_range_settings_are_refused(overrides: dict[str, object], message: str) -> None:

@@ -105,11 +105,64 @@ async def test_young_collections_run_on_the_clock(
 ) -> None:
     collected: list[tuple[float, tuple[int, ...]]] = []
     monkeypatch.setattr(gc, "collect", lambda *args: collected.append((trio.current_time(), args)))
+    young = functools.partial(
+        housekeeping.young_collections, shortest_seconds=0.1, longest_seconds=0.1,
+        pause_target_seconds=0.01,
+    )  # fmt: skip
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
-        await nursery.start(functools.partial(housekeeping.young_collections, interval_seconds=0.1))
+        await nursery.start(young)
         await trio.sleep(1.05)
         nursery.cancel_scope.cancel()
     assert [args for _, args in collected] == [(0,)] * 10  # the young generation only
     expected = [round(0.1 * n, 6) for n in range(1, 11)]
     assert [round(at - start, 6) for at, _ in collected] == expected
+
+
+def interval_after(interval: float, pause: float) -> float:
+    return housekeeping.next_young_interval(
+        interval, pause, shortest=0.1, longest=1.0, target=0.010
+    )
+
+
+def test_the_young_interval_grows_while_pauses_stay_short() -> None:
+    assert interval_after(0.1, 0.002) == pytest.approx(0.15)
+    assert interval_after(0.8, 0.002) == 1.0  # never past the longest
+    assert interval_after(1.0, 0.0) == 1.0
+
+
+def test_the_young_interval_holds_near_the_target_and_halves_past_it() -> None:
+    assert interval_after(0.4, 0.008) == 0.4  # 1.5 x longer would be over the target
+    assert interval_after(0.4, 0.011) == 0.2
+    assert interval_after(0.15, 0.050) == 0.1  # never below the shortest
+
+
+async def test_young_collections_follow_their_pauses(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake collector whose pause grows with the time since the last collection
+    # (2 ms per 0.1 s, as when every young object outlives the wait), measured by
+    # a fake clock: the waits grow to where a pause is near the 10 ms target.
+    elapsed = [0.0]
+    waits: list[float] = []
+    last = [0.0]
+
+    def collect(*_args: int) -> None:
+        now = trio.current_time()
+        waits.append(round(now - last[0], 6))
+        elapsed[0] += 0.02 * (now - last[0])
+        last[0] = now
+
+    monkeypatch.setattr(gc, "collect", collect)
+    young = functools.partial(
+        housekeeping.young_collections, shortest_seconds=0.1, longest_seconds=1.0,
+        pause_target_seconds=0.010, clock=lambda: elapsed[0],
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        last[0] = trio.current_time()
+        await nursery.start(young)
+        await trio.sleep(5)
+        assert housekeeping.pauses.young_interval == pytest.approx(0.3375)
+        nursery.cancel_scope.cancel()
+    assert waits[:4] == [0.1, 0.15, 0.225, 0.3375]  # 2, 3, 4.5, 6.75 ms: then it holds
+    assert set(waits[4:]) == {0.3375}
