@@ -266,6 +266,37 @@ async def test_stale_attempt_after_a_rescue_changes_nothing(
     assert query("SELECT attempts FROM service_records") == [(2,)]
 
 
+async def test_save_progress_is_fenced_per_row_and_keeps_an_older_checkpoint(
+    safe: vault.Vault, query: Query
+) -> None:
+    await add_tickets(safe, 3)
+    first, second, third = (await safe.claim_jobs("default", "node-a", 3))[:3]
+    message = 'Suit 1/3 "pressed" \\ ü'
+    rows = [
+        vault.Progress(first["job_id"], 1, 1, 3, message, {"suits_done": 1, "note": "ü"}),
+        vault.Progress(second["job_id"], 1, 2, 3, None, None),
+        vault.Progress(third["job_id"], 2, 3, 3, "stale", {"suits_done": 3}),  # not its attempt
+    ]
+    assert await safe.save_progress(rows) == 2
+    by_job = {
+        job: (done, total, msg, checkpoint)
+        for job, done, total, msg, checkpoint in query(
+            "SELECT j.id, t.done, t.total, t.message, j.checkpoint FROM jobs j"
+            " JOIN tickets t ON t.id = j.ticket_id"
+        )
+    }
+    assert by_job[first["job_id"]] == (1, 3, message, {"suits_done": 1, "note": "ü"})
+    assert by_job[second["job_id"]] == (2, 3, None, None)
+    assert by_job[third["job_id"]] == (0, 3, None, None)  # the stale row changed nothing
+
+    # A row without a checkpoint keeps the one saved before; an empty batch is fine.
+    assert await safe.save_progress([vault.Progress(first["job_id"], 1, 2, 3, "two", None)]) == 1
+    assert query("SELECT checkpoint FROM jobs WHERE id = %s", first["job_id"]) == [
+        ({"suits_done": 1, "note": "ü"},)
+    ]
+    assert await safe.save_progress([]) == 0
+
+
 async def test_retry_job_schedules_a_later_attempt(safe: vault.Vault, query: Query) -> None:
     await add_tickets(safe, 1)
     claimed = await claim_one(safe)

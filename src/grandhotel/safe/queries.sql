@@ -101,10 +101,13 @@ FROM claimed c JOIN moved m ON m.id = c.ticket_id;
 -- save_progress --
 -- Throttled checkpoints of running attempts, many in one statement. Fenced per
 -- row on (job, attempt, executing); keeps a job's checkpoint when none is given.
+-- The rows come as one JSON array of [job, attempt, done, total, message,
+-- checkpoint]; a JSON null checkpoint is none.
 WITH progress AS (
-    SELECT * FROM unnest(%(jobs)s::bigint[], %(attempts)s::integer[], %(done)s::integer[],
-                         %(total)s::integer[], %(messages)s::text[], %(checkpoints)s::jsonb[])
-        AS p(job, attempt, done, total, message, checkpoint)
+    SELECT (r->>0)::bigint AS job, (r->>1)::integer AS attempt, (r->>2)::integer AS done,
+           (r->>3)::integer AS total, r->>4 AS message,
+           nullif(r->5, 'null'::jsonb) AS checkpoint
+    FROM jsonb_array_elements(%(rows)s::jsonb) AS r
 ), saved AS (
     UPDATE jobs SET checkpoint = coalesce(p.checkpoint, jobs.checkpoint)
     FROM progress p

@@ -210,20 +210,14 @@ class Vault:
         return plain(row) if row else None
 
     async def save_progress(self, rows: list[Progress]) -> int:
-        """Persist running attempts' progress and checkpoints (fenced); return tickets saved."""
-        saved = await self._rows(
-            "save_progress",
-            {
-                "jobs": [row.job for row in rows],
-                "attempts": [row.attempt for row in rows],
-                "done": [row.done for row in rows],
-                "total": [row.total for row in rows],
-                "messages": [row.message for row in rows],
-                "checkpoints": [
-                    None if row.checkpoint is None else Jsonb(row.checkpoint) for row in rows
-                ],
-            },
-        )
+        """Persist running attempts' progress and checkpoints (fenced); return tickets saved.
+
+        The batch goes as one JSON document, encoded in one call: six arrays
+        of a row each cost psycopg a Python call per element (3 % of the
+        server's CPU in the fanout benchmark, with 500 attempts noted a second).
+        """
+        batch = [[r.job, r.attempt, r.done, r.total, r.message, r.checkpoint] for r in rows]
+        saved = await self._rows("save_progress", {"rows": Jsonb(batch)})
         return len(saved)
 
     async def retry_job(
