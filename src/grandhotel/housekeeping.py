@@ -60,17 +60,27 @@ class Pauses:
         """Objects frozen at start-up (counted once: counting walks them all)."""
         self.young_interval = 0.0
         """The hotel's current wait between young collections (0: none)."""
+        self.last = (0.0, 0.0)
+        """When the last collection started and ended (``time.perf_counter``)."""
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         """The ``gc.callbacks`` hook."""
         if phase == "start":
             self._started = time.perf_counter()
             return
-        took = time.perf_counter() - self._started
+        ended = time.perf_counter()
+        took = ended - self._started
+        self.last = (self._started, ended)
         generation = int(info.get("generation", GENERATIONS - 1))
         self.count[generation] += 1
         self.seconds[generation] += took
         self.longest[generation] = max(self.longest[generation], took)
+
+    def held(self, start: float, end: float) -> float:
+        """Seconds of ``start``..``end`` (``time.perf_counter``) that the last
+        collection held the hotel: how much of a late wake-up it explains."""
+        began, ended = self.last
+        return max(0.0, min(end, ended) - max(start, began))
 
     def report(self) -> dict[str, Any]:
         """Collections, their total and longest pause (ms), per generation."""

@@ -166,3 +166,19 @@ async def test_young_collections_follow_their_pauses(
         nursery.cancel_scope.cancel()
     assert waits[:4] == [0.1, 0.15, 0.225, 0.3375]  # 2, 3, 4.5, 6.75 ms: then it holds
     assert set(waits[4:]) == {0.3375}
+
+
+def test_held_is_the_overlap_with_the_last_collection() -> None:
+    pauses = housekeeping.Pauses()
+    gc.callbacks.append(pauses)
+    try:
+        gc.collect(0)
+    finally:
+        gc.callbacks.remove(pauses)
+    began, ended = pauses.last
+    assert 0 < began <= ended
+    assert pauses.held(began - 1, ended + 1) == pytest.approx(ended - began)
+    assert pauses.held(ended, ended + 1) == 0  # after it
+    assert pauses.held(began - 1, began) == 0  # before it
+    middle = (began + ended) / 2
+    assert pauses.held(middle, ended + 1) == pytest.approx(ended - middle)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any
 
 import pytest
 import trio
@@ -158,6 +159,37 @@ async def test_the_metronome_hears_a_long_batch_as_lag(
         assert desk.rate is not None
         assert desk.rate < 50
         nursery.cancel_scope.cancel()
+
+
+async def test_the_metronome_does_not_count_a_collectors_pause_as_lag(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The same long batch, but the collector says it held the loop for all of
+    # it: no late tick, no cut. Half of it: the rest is still lag.
+    for share, late in ((1.0, 0), (0.5, 1)):
+        desk = make(backoff=0.5, min_rate=1.0)
+        spans: list[tuple[float, float]] = []
+
+        def held(start: float, end: float, share: float = share, spans: list[Any] = spans) -> float:
+            spans.append((start, end))
+            return share * (end - start)
+
+        metronome = functools.partial(
+            pace.metronome, [desk], tick_seconds=0.05, watched=lambda: True, held=held
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metronome)
+            for _ in range(10):
+                desk.admit(trio.current_time())
+                await trio.sleep(0.02)
+            await trio.sleep(0.01)
+            autojump_clock.jump(0.08)
+            await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        assert desk.late == late
+        assert desk.cuts == late
+        assert all(end >= start for start, end in spans)
+        assert 0.02 < max(end - start for start, end in spans) <= 0.08  # the late wake-up
 
 
 def test_a_cut_starts_from_what_came_in_not_from_a_rate_nobody_reached() -> None:
