@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import trio
 
-from grandhotel import chaos, mailbox, tickets
+from grandhotel import chaos, inbox, mailbox, tickets
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Line:
         self.attempt_scope: trio.CancelScope | None = None
         """The running job attempt's scope, set by the laundry (cancelled on end)."""
         # Bounded: a worker reporting faster than the butler handles waits here.
-        self._send, self.inbox = trio.open_memory_channel[tickets.Report](inbox_size)
+        self.inbox = inbox.Inbox[tickets.Report](inbox_size)
         self.retired = trio.Event()
 
     @property
@@ -105,9 +105,9 @@ class Line:
             # and a reporter that never awaits anything else still yields here
             # once the inbox is full.
             try:
-                self._send.send_nowait(report)
+                self.inbox.send_nowait(report)
             except trio.WouldBlock:
-                await self._send.send(report)
+                await self.inbox.send(report)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         return True
@@ -146,11 +146,10 @@ class Line:
 
     def dismiss(self) -> None:
         """No more reports: the butler's shift ends once its inbox is empty."""
-        self._send.close()
+        self.inbox.close_sending()
 
     def retire(self) -> None:
         """The last butler left: close the inbox and every mailbox."""
-        self._send.close()
         self.inbox.close()
         for box in self.watchers:
             box.close()

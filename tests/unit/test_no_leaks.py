@@ -92,10 +92,9 @@ def assert_closed(line: butler.Line) -> None:
     """The line retired: no watcher, and both ends of its inbox closed."""
     assert line.retired.is_set()
     assert not line.watchers
-    stats = line.inbox.statistics()
-    assert (stats.open_send_channels, stats.open_receive_channels) == (0, 0)
+    assert line.inbox.closed
     with pytest.raises(trio.ClosedResourceError):
-        line.inbox.receive_nowait()
+        line.inbox.send_nowait(tickets.Progress(1, 1))
 
 
 def assert_nothing_on_duty(
