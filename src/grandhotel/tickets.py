@@ -113,9 +113,13 @@ class Started:
     attempt: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Progress:
-    """The service finished a step: ``done`` of ``total``."""
+class Progress(NamedTuple):
+    """The service finished a step: ``done`` of ``total``.
+
+    A named tuple, not a frozen dataclass like the other reports: one is made
+    per step of every ticket, and a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__`` (0.40 against 0.25 us here).
+    """
 
     done: int
     total: int

@@ -79,10 +79,12 @@ class Context:
         Waits only if the butler's inbox is full. ``done`` and ``total`` are
         clamped to ``0 <= done <= total``.
         """
-        total = max(0, int(total))
-        self.done, self.total = min(max(0, int(done)), total), total
-        self.message = message
-        await self._report(self.done, self.total, message)
+        if not (type(done) is int and type(total) is int and 0 <= done <= total):
+            # Clamped only when needed: this runs for every step of every ticket.
+            total = max(0, int(total))
+            done = min(max(0, int(done)), total)
+        self.done, self.total, self.message = done, total, message
+        await self._report(done, total, message)
 
     def checkpoint(self, value: Any) -> None:
         """Save ``value`` (JSON) so that a later attempt can resume from it.
