@@ -37,24 +37,27 @@ class Checkpoints:
         self.flushes = 0
         self._pending: dict[int, vault.Progress] = {}
 
+    # Entries are updated in place, not replaced: a step notes and saves, many
+    # times a second per attempt, and each new entry would outlive a young
+    # collection. Both run for every step of every ticket, hence no helper call.
+
     def note(self, job: int, attempt: int, done: int, total: int, message: str | None) -> None:
         """Remember an attempt's latest progress (keeping its unsaved checkpoint)."""
-        self._entry(job, attempt).progressed(done, total, message)
+        entry = self._pending.get(job)
+        if entry is None or entry.attempt != attempt:
+            self._pending[job] = vault.Progress(job, attempt, done, total, message)
+        else:
+            entry.done, entry.total, entry.message = done, total, message
 
     def save(self, job: int, attempt: int, done: int, total: int, message: str | None,
              checkpoint: Any) -> None:  # fmt: skip
         """Remember an attempt's checkpoint together with its progress."""
-        entry = self._entry(job, attempt)
-        entry.progressed(done, total, message)
-        entry.checkpoint = checkpoint
-
-    def _entry(self, job: int, attempt: int) -> vault.Progress:
-        # Updated in place, not replaced: a step notes and saves, many times a
-        # second per attempt, and each new entry would outlive a young collection.
         entry = self._pending.get(job)
         if entry is None or entry.attempt != attempt:
-            entry = self._pending[job] = vault.Progress(job, attempt, 0, 0, None)
-        return entry
+            self._pending[job] = vault.Progress(job, attempt, done, total, message, checkpoint)
+        else:
+            entry.done, entry.total, entry.message = done, total, message
+            entry.checkpoint = checkpoint
 
     def forget(self, job: int) -> None:
         """The attempt ended (its final write holds the state): drop its entry."""

@@ -242,20 +242,21 @@ class Laundry:
 
     def _reporter(self, job: Mapping[str, Any]) -> services.Reporter:
         ticket_id, job_id, attempt = str(job["ticket_id"]), job["job_id"], job["attempt"]
+        note, lookup = self.book.note, self.lines.lookup  # bound once: every step calls
 
         async def report(done: int, total: int, message: str | None) -> None:
-            self.book.note(job_id, attempt, done, total, message)
-            line = self.lines.lookup(ticket_id)
+            note(job_id, attempt, done, total, message)
+            line = lookup(ticket_id)
             if line is not None:
                 await line.report(tickets.Progress(done, total, message))
 
         return report
 
     def _saver(self, job: Mapping[str, Any]) -> services.Saver:
-        job_id, attempt = job["job_id"], job["attempt"]
+        job_id, attempt, book = job["job_id"], job["attempt"], self.book
 
         def save(done: int, total: int, message: str | None, checkpoint: Any) -> None:
-            self.book.save(job_id, attempt, done, total, message, checkpoint)
+            book.save(job_id, attempt, done, total, message, checkpoint)
 
         return save
 

@@ -63,10 +63,6 @@ class Progress:
     message: str | None
     checkpoint: Any = None
 
-    def progressed(self, done: int, total: int, message: str | None) -> None:
-        """Take the attempt's latest progress (its checkpoint stays)."""
-        self.done, self.total, self.message = done, total, message
-
 
 def plain(value: Any) -> Any:
     """A JSON-ready copy: UUIDs as strings, times as ISO 8601 with ``Z``."""
