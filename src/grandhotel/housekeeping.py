@@ -27,7 +27,8 @@ the pauses, between ``gc_young_interval_seconds`` and
 ``gc_young_longest_interval_seconds``: at 500 watched tickets stepping every
 0.2 s, a young collection every 1 s paused the hotel about as long as one every
 0.1 s did (the objects walked are the ones still alive, a step's worth) and cut
-the fanout benchmark's CPU per event by 6 % (bench/README.md). Middle ones
+the fanout benchmark's server CPU per event by 5-8 % (bench/README.md). The
+pace does not count these pauses as the load's lag (``Pauses.held``). Middle ones
 (which walk every survivor of a young one again: each live ticket's tasks and
 connections) are off by default and left to the full ones too.
 Cyclic garbage is rare here (a 3,000-ticket run with no collection at all
