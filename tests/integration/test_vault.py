@@ -112,6 +112,20 @@ async def test_insert_ticket_writes_ticket_job_audit_and_guest(
     assert query("SELECT ticket_id, status FROM ticket_events") == [(ticket.id, "queued")]
     assert query("SELECT id FROM guests") == [("room-412",)]
     assert woken(1) == ["express"]
+    # Every field arrives as it was sent (the batch travels as one JSON document).
+    assert query(
+        "SELECT args, butler, token_hashes, request_hash, idempotency_key FROM tickets"
+    ) == [({"suits": 3}, "Jenkins", [ticket.token_hash], ticket.request_hash, "key-1")]
+    assert query("SELECT service, args FROM jobs") == [("laundry", {"suits": 3})]
+
+
+async def test_insert_ticket_keeps_text_and_bytes_exactly(safe: vault.Vault, query: Query) -> None:
+    odd = new_ticket(guest='zimmer-ü "7" \\', args={"note": "ü \\ \"", "n": [1, None]},
+                     token_hash=bytes(range(32)), request_hash=None)  # fmt: skip
+    assert await safe.insert_ticket(odd) is True
+    assert query("SELECT guest_id, args, token_hashes, request_hash FROM tickets") == [
+        (odd.guest, odd.args, [odd.token_hash], None)
+    ]
 
 
 async def test_insert_ticket_reused_idempotency_key_is_not_written(

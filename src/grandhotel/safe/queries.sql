@@ -3,14 +3,15 @@
 -- (the front desk's group commit); wakes the laundry with one NOTIFY per queue
 -- at commit. Returns the ids written: a ticket whose idempotency key is taken
 -- is left out.
+-- The rows come as one JSON array of [id, guest, service, args, butler,
+-- token_hash (hex), total, queue, max_attempts, idempotency_key,
+-- request_hash (hex)].
 WITH input AS (
-    SELECT * FROM unnest(
-        %(ids)s::uuid[], %(guests)s::text[], %(services)s::text[], %(args)s::jsonb[],
-        %(butlers)s::text[], %(token_hashes)s::bytea[], %(totals)s::integer[],
-        %(queues)s::text[], %(max_attempts)s::integer[], %(keys)s::text[],
-        %(request_hashes)s::bytea[]
-    ) AS i(id, guest, service, args, butler, token_hash, total, queue, max_attempts,
-           idempotency_key, request_hash)
+    SELECT (r->>0)::uuid AS id, r->>1 AS guest, r->>2 AS service, r->3 AS args,
+           r->>4 AS butler, decode(r->>5, 'hex') AS token_hash, (r->>6)::integer AS total,
+           r->>7 AS queue, (r->>8)::integer AS max_attempts, r->>9 AS idempotency_key,
+           decode(r->>10, 'hex') AS request_hash
+    FROM jsonb_array_elements(%(rows)s::jsonb) AS r
 ), guest AS (
     INSERT INTO guests (id) SELECT DISTINCT guest FROM input ON CONFLICT (id) DO NOTHING
 ), ticket AS (

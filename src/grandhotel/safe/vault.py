@@ -125,22 +125,16 @@ class Vault:
         A ticket whose idempotency key is already taken is not written (its id is
         missing from the result). All or nothing: on an error none is written.
         """
-        rows = await self._rows(
-            "insert_tickets",
-            {
-                "ids": [new.id for new in batch],
-                "guests": [new.guest for new in batch],
-                "services": [new.service for new in batch],
-                "args": [Jsonb(new.args) for new in batch],
-                "butlers": [new.butler for new in batch],
-                "token_hashes": [new.token_hash for new in batch],
-                "totals": [new.total for new in batch],
-                "queues": [new.queue for new in batch],
-                "max_attempts": [new.max_attempts for new in batch],
-                "keys": [new.idempotency_key for new in batch],
-                "request_hashes": [new.request_hash for new in batch],
-            },
-        )
+        # One JSON document, encoded in one call (as in save_progress): eleven
+        # arrays cost psycopg a Python call per element, 6 % of the server's
+        # CPU per POST in the intake benchmark.
+        document = [
+            [str(new.id), new.guest, new.service, new.args, new.butler, new.token_hash.hex(),
+             new.total, new.queue, new.max_attempts, new.idempotency_key,
+             None if new.request_hash is None else new.request_hash.hex()]
+            for new in batch
+        ]  # fmt: skip
+        rows = await self._rows("insert_tickets", {"rows": Jsonb(document)})
         return {row["id"] for row in rows}
 
     async def insert_ticket(self, new: NewTicket) -> bool:
