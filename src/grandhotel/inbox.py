@@ -133,7 +133,8 @@ class Inbox(Generic[T]):
         """Take no more reports; the reader drains the queue, then gets EndOfChannel."""
         self.sending_closed = True
         self._wake_reader()
-        self._senders.unpark_all()
+        if self._senders:  # unpark_all costs a generator and a list even for nobody
+            self._senders.unpark_all()
 
     def close(self) -> None:
         """Close both sides: the queue is dropped, the reader gets EndOfChannel and
@@ -141,7 +142,8 @@ class Inbox(Generic[T]):
         self.sending_closed = self.receiving_closed = True
         self._items.clear()
         self._wake_reader()
-        self._senders.unpark_all()
+        if self._senders:
+            self._senders.unpark_all()
 
     def _wake_reader(self) -> None:
         reader, self._reader = self._reader, None
