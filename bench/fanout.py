@@ -16,7 +16,7 @@ is the CPU per delivered event. The ratio real/bare says what the butler and
 the concierge cost (target <= 1.25). Progress latency (``at`` to receipt) is
 reported for both sides.
 
-``--rounds`` (3) pairs of sides, the first pair bare first, the next real first,
+``--rounds`` (5) pairs of sides, the first pair bare first, the next real first,
 and so on: the target is the median of the pairs' ratios. On a shared machine a
 single pair's ratio moved between 1.25 and 1.47 from one run to the next at the
 same commit; a neighbour's load changes the speed of the whole machine over tens
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections (intake)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="bare/real pairs, alternating which goes first"
+        "--rounds", type=int, default=5, help="bare/real pairs, alternating which goes first"
     )
     driver.add_target_arguments(parser)
 
