@@ -12,7 +12,7 @@ the sending side lets the reader drain what is queued and then get
 reader the same way and refuses every sender.
 
 Why not ``trio.open_memory_channel``: with one reader, a report wakes it by
-rescheduling it directly, and a reader that finds the inbox empty parks without
+rescheduling it directly (``reader.py``), and a reader that finds the inbox empty parks without
 first raising and catching ``WouldBlock`` or registering in a set and an
 ordered dict. The butler's wait is the one every step of every ticket makes;
 this one costs a third of the objects (each outlives young collections while
@@ -30,6 +30,8 @@ from collections import deque
 from typing import Generic, TypeVar
 
 import trio
+
+from grandhotel import reader
 
 T = TypeVar("T")
 
@@ -50,8 +52,7 @@ class Inbox(Generic[T]):
         self.receiving_closed = False
         """Nobody reads any more: senders are refused, the queue is dropped."""
         self._items: deque[T] = deque()
-        self._reader: trio.lowlevel.Task | None = None
-        """The reader while it waits for a report (to reschedule), else None."""
+        self._reader = reader.Reader()
         self._senders = trio.lowlevel.ParkingLot()
         """Senders waiting for room."""
 
@@ -78,8 +79,8 @@ class Inbox(Generic[T]):
         if len(self._items) >= self.capacity:
             raise trio.WouldBlock
         self._items.append(item)
-        if self._reader is not None:  # waiting, not busy handling the last report
-            self._wake_reader()
+        if self._reader.task is not None:  # waiting, not busy handling the last report
+            self._reader.wake()
 
     async def send(self, item: T) -> None:
         """Queue ``item``, waiting while the inbox is full. A checkpoint.
@@ -120,10 +121,7 @@ class Inbox(Generic[T]):
                 raise trio.EndOfChannel
             if self.receiving_closed:
                 raise trio.ClosedResourceError("this inbox is closed")
-            if self._reader is not None:
-                raise trio.BusyResourceError("an inbox has one reader")
-            self._reader = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
+            await self._reader.park("an inbox")
         item = self._items.popleft()
         if self._senders:  # room for one waiting sender
             self._senders.unpark()
@@ -132,24 +130,16 @@ class Inbox(Generic[T]):
     def close_sending(self) -> None:
         """Take no more reports; the reader drains the queue, then gets EndOfChannel."""
         self.sending_closed = True
-        self._wake_reader()
-        if self._senders:  # unpark_all costs a generator and a list even for nobody
-            self._senders.unpark_all()
+        self._wake_all()
 
     def close(self) -> None:
         """Close both sides: the queue is dropped, the reader gets EndOfChannel and
         every sender is refused."""
         self.sending_closed = self.receiving_closed = True
         self._items.clear()
-        self._wake_reader()
-        if self._senders:
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        self._reader.wake()
+        if self._senders:  # unpark_all costs a generator and a list even for nobody
             self._senders.unpark_all()
-
-    def _wake_reader(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            trio.lowlevel.reschedule(reader)
-
-    def _abort(self, _raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-        self._reader = None  # cancelled while waiting: nothing to wake any more
-        return trio.lowlevel.Abort.SUCCEEDED

@@ -13,9 +13,8 @@ dropped; there are only a handful per ticket, so memory stays bounded.
 Seqs stay strictly increasing for the reader: items are only ever removed, and
 appended in the order the butler numbered them.
 
-A mailbox has one reader (its concierge). The reader parks itself and a push
-reschedules it directly (no parking lot): one trip through the scheduler per
-wake-up, and nothing woken while the reader is busy writing.
+A mailbox has one reader (its concierge), woken directly by a push
+(``reader.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +23,8 @@ from collections import deque
 from typing import NamedTuple
 
 import trio
+
+from grandhotel import reader
 
 
 class Item(NamedTuple):
@@ -50,8 +51,7 @@ class Mailbox:
         self.closed = False
         self._items: deque[Item] = deque()
         self._progress = 0
-        self._reader: trio.lowlevel.Task | None = None
-        """The reader while it waits for a frame (to reschedule), else None."""
+        self._reader = reader.Reader()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -65,24 +65,19 @@ class Mailbox:
                 self._drop_progress()
             self._progress += 1
         self._items.append(Item(seq, frame, coalescable))
-        if self._reader is not None:  # waiting, not busy writing the last frame
-            self._wake()
+        if self._reader.task is not None:  # waiting, not busy writing the last frame
+            self._reader.wake()
 
     def push_control(self, frame: str) -> None:
         """Queue an unnumbered frame (a ``pong``) in order with the rest."""
         if not self.closed:
             self._items.append(Item(0, frame, False))
-            self._wake()
+            self._reader.wake()
 
     def close(self) -> None:
         """No more frames will come; the reader drains what is queued, then stops."""
         self.closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            trio.lowlevel.reschedule(reader)
+        self._reader.wake()
 
     async def get(self) -> str | None:
         """The next frame, waiting if there is none; None once closed and drained.
@@ -101,18 +96,11 @@ class Mailbox:
         while not self._items:
             if self.closed:
                 return None
-            if self._reader is not None:
-                raise trio.BusyResourceError("a mailbox has one reader")
-            self._reader = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
+            await self._reader.park("a mailbox")
         item = self._items.popleft()
         if item.coalescable:
             self._progress -= 1
         return item.frame
-
-    def _abort(self, _raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-        self._reader = None  # cancelled while waiting: nothing to wake any more
-        return trio.lowlevel.Abort.SUCCEEDED
 
     def _drop_progress(self) -> None:
         kept = deque(item for item in self._items if not item.coalescable)
