@@ -85,7 +85,19 @@ class Line:
         """The running job attempt's scope, set by the laundry (cancelled on end)."""
         # Bounded: a worker reporting faster than the butler handles waits here.
         self.inbox = inbox.Inbox[tickets.Report](inbox_size)
-        self.retired = trio.Event()
+        self.is_retired = False
+        """The last butler left (``retire``)."""
+        self._retired: trio.Event | None = None
+
+    @property
+    def retired(self) -> trio.Event:
+        """Set once the last butler left. Made on first use: the hotel itself
+        only reads ``is_retired``, and every live ticket has a line."""
+        if self._retired is None:
+            self._retired = trio.Event()
+            if self.is_retired:
+                self._retired.set()
+        return self._retired
 
     @property
     def ticket_id(self) -> str:
@@ -115,7 +127,7 @@ class Line:
     def subscribe(self, after: int = 0) -> tuple[str, mailbox.Mailbox]:
         """A snapshot frame and a mailbox that gets every later event, atomically."""
         box = mailbox.Mailbox(self.watcher_buffer, after=max(after, self.notebook.seq))
-        if self.notebook.status.terminal or self.retired.is_set():
+        if self.notebook.status.terminal or self.is_retired:
             box.close()
         else:
             self.watchers.add(box)
@@ -154,7 +166,9 @@ class Line:
         for box in self.watchers:
             box.close()
         self.watchers.clear()
-        self.retired.set()
+        self.is_retired = True
+        if self._retired is not None:
+            self._retired.set()
 
 
 async def serve(line: Line, *, crash_rate: float = 0.0, rng: random.Random | None = None) -> None:

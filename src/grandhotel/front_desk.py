@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -105,20 +106,36 @@ class FrontDesk:
         """
         body = await self._json_body()
         service, args, guest = self._validate(body)
+        await self._take_turn()
+        try:
+            return await self._create(body, service, args, guest)
+        finally:
+            self.hotel.intake_gate.release()
+
+    async def _take_turn(self) -> None:
+        """Wait for the ticket's turn and a place at the intake gate (503 after
+        ``intake_wait_seconds``). When neither is held up, as under any load the
+        hotel keeps up with, both are taken at once: no timer, no scheduler trip."""
         hotel = self.hotel
+        gate = hotel.intake_gate
+        waits: list[Callable[[], Awaitable[None]]] = [gate.acquire]
+        if not hotel.turns.take_nowait():
+            waits.insert(0, hotel.turns.take)
+        else:
+            try:
+                gate.acquire_nowait()  # refused while others wait: they keep their order
+                return
+            except trio.WouldBlock:
+                pass
         with trio.move_on_after(hotel.settings.intake_wait_seconds) as waiting:
-            await hotel.turns.take()
-            await hotel.intake_gate.acquire()
+            for wait in waits:
+                await wait()
         if waiting.cancelled_caught:  # only the wait is timed: never a half-made ticket
             raise problems.Problem(
                 503, "the desk is busy: new tickets wait their turn while live updates run "
                 "late or the safe is slow; try again",
                 {"Retry-After": str(hotel.turns.retry_after())},
             )  # fmt: skip
-        try:
-            return await self._create(body, service, args, guest)
-        finally:
-            hotel.intake_gate.release()
 
     async def _create(
         self, body: dict[str, Any], service: Any, args: dict[str, Any], guest: str

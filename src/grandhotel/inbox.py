@@ -53,8 +53,9 @@ class Inbox(Generic[T]):
         """Nobody reads any more: senders are refused, the queue is dropped."""
         self._items: deque[T] = deque()
         self._reader = reader.Reader()
-        self._senders = trio.lowlevel.ParkingLot()
-        """Senders waiting for room."""
+        self._senders: trio.lowlevel.ParkingLot | None = None
+        """Senders waiting for room (made when the first one waits: most inboxes
+        never fill, and every live ticket has one)."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -97,6 +98,8 @@ class Inbox(Generic[T]):
                 self.send_nowait(item)
                 break
             except trio.WouldBlock:
+                if self._senders is None:
+                    self._senders = trio.lowlevel.ParkingLot()
                 await self._senders.park()
                 waited = True
         if not waited:

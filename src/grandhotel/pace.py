@@ -189,10 +189,16 @@ class Turns:
         """Seconds a refused newcomer should wait: the line ahead at the current rate."""
         return self.pace.retry_after(self.waiting)
 
-    async def take(self) -> None:
-        """Return when it is this ticket's turn (re-reading the rate as it changes)."""
+    def take_nowait(self) -> bool:
+        """Take the turn now if nobody waits and the pace holds nobody back."""
         if self.pace.rate is None and not self._line.locked():
             self.pace.admit(trio.current_time())
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Return when it is this ticket's turn (re-reading the rate as it changes)."""
+        if self.take_nowait():
             return
         async with self._line:
             # A deadline, not an event: the rate may change at every tick.

@@ -7,6 +7,9 @@ and nothing is woken while the reader is busy with the last item.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 import trio
 
 
@@ -18,8 +21,13 @@ class Reader:
     def __init__(self) -> None:
         self.task: trio.lowlevel.Task | None = None
 
-    async def park(self, queue: str) -> None:
-        """Wait until ``wake``. Cancellation: safe (nothing to wake afterwards).
+    def park(self, queue: str) -> Coroutine[Any, Any, object]:
+        """``await reader.park(queue)``: wait until ``wake``. Cancellation: safe
+        (nothing to wake afterwards).
+
+        A plain function handing back trio's wait, not a coroutine of its own:
+        every waiting reader (each live ticket's butler, each watcher) would hold
+        one more coroutine, and each wake-up would resume it.
 
         Raises:
             trio.BusyResourceError: another task is already waiting on ``queue``.
@@ -27,7 +35,7 @@ class Reader:
         if self.task is not None:
             raise trio.BusyResourceError(f"{queue} has one reader")
         self.task = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort)
+        return trio.lowlevel.wait_task_rescheduled(self._abort)  # noqa: ASYNC105 - the caller awaits
 
     def wake(self) -> None:
         """Reschedule the waiting reader, if there is one."""

@@ -21,10 +21,19 @@ only reported (``restarts``).
 
 A replacement starts from the line: last good notebook, same watchers, same
 seq, the report in hand redelivered at most ``butler_redeliveries`` times.
+
+Context: trio gives a new task a copy of the context of the task that spawned
+it, and ``hire`` is called from the front desk's request handler, whose context
+holds quart's request (its headers, body and app context). A butler lives far
+longer than that request, so it is spawned in the supervisor's own context
+instead: with the request's, every queued ticket kept its request alive, about
+60 more objects for each young collection to walk (the intake benchmark: 238
+young collections in 10 s against 107).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -70,12 +79,14 @@ class Supervisor:
         self._recent = backoff.Intensity(settings.restart_alarm_per_minute, 60.0)
         self._alarmed_at = -float("inf")
         self._nursery: trio.Nursery | None = None
+        self._context: contextvars.Context | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the butlers' nursery open until cancelled.
 
         Cancellation: every butler is cancelled with it; their lines retire.
         """
+        self._context = contextvars.copy_context()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -88,7 +99,7 @@ class Supervisor:
         a butler on duty (the laundry may claim a new job before the front desk
         has hired), that butler's line is returned and nothing else happens.
         """
-        if self._nursery is None:
+        if self._nursery is None or self._context is None:
             raise RuntimeError("the supervisor is not running")
         existing = self.lines.lookup(notebook.ticket_id)
         if existing is not None:
@@ -101,8 +112,12 @@ class Supervisor:
         )
         self.lines.register(notebook.ticket_id, line)
         self.hires += 1
-        self._nursery.start_soon(self._tend, line, name=f"butler {notebook.ticket_id}")
+        # The butler's context is a copy of the supervisor's, not the caller's.
+        self._context.run(self._start, self._nursery, line)
         return line
+
+    def _start(self, nursery: trio.Nursery, line: butler.Line) -> None:
+        nursery.start_soon(self._tend, line, name=f"butler {line.ticket_id}")
 
     @property
     def on_duty(self) -> int:
@@ -110,9 +125,7 @@ class Supervisor:
         return len(self.lines)
 
     async def _tend(self, line: butler.Line) -> None:
-        intensity = backoff.Intensity(
-            self.settings.butler_restart_limit, self.settings.butler_restart_window_seconds
-        )
+        intensity: backoff.Intensity | None = None  # made at the first crash, if any
         try:
             while True:
                 try:
@@ -121,6 +134,11 @@ class Supervisor:
                     )
                     return
                 except Exception as crash:  # noqa: BLE001 - any butler bug is a sick butler
+                    if intensity is None:
+                        intensity = backoff.Intensity(
+                            self.settings.butler_restart_limit,
+                            self.settings.butler_restart_window_seconds,
+                        )
                     if not await self._replace(line, intensity, crash):
                         return
         finally:

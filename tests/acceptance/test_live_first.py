@@ -62,6 +62,7 @@ async def pace_after_a_hog(start_hotel: Any, query: Any, *, watched: bool) -> di
     if watched:
         assert_one_stream(seen.events, "completed")
     assert the_hotel.sessions == 0  # every session that ended was counted out
+    assert during["watchers"] == (1 if watched else 0)
     assert during["door_pace"]["admitted"] >= 1  # connections went through the door's turns
     return during
 

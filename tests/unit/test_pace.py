@@ -137,6 +137,21 @@ async def test_an_open_desk_lets_tickets_straight_in(
     assert turns.pace.demand == pytest.approx(50)
 
 
+async def test_a_turn_is_taken_at_once_only_while_nobody_is_held_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turns = pace.Turns(make(), 0.05)
+    assert turns.take_nowait()  # open, nobody in line
+    assert turns.pace.admitted == 1
+    turns.pace.rate = 4.0  # paced: the turn must be waited for
+    assert not turns.take_nowait()
+    assert turns.pace.admitted == 1
+    turns.pace.rate = None
+    async with turns._line:  # someone is in line ahead
+        assert not turns.take_nowait()
+    assert turns.take_nowait()
+
+
 async def test_the_metronome_hears_a_long_batch_as_lag(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -8,6 +8,7 @@ makes per report.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import random
@@ -129,6 +130,27 @@ async def test_a_second_hire_returns_the_butler_on_duty(
     line = staff.sup.hire(make_notebook("t1"), [b"h"])
     assert staff.sup.hire(make_notebook("t1"), [b"other"]) is line
     assert staff.sup.on_duty == 1
+
+
+async def test_a_butler_does_not_keep_the_context_of_whoever_hired_it(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, make_notebook: NotebookFactory
+) -> None:
+    """The front desk hires from a request handler: the butler must not hold the
+    request (a context variable of the handler) alive for as long as it works."""
+    staff = await start(nursery)
+    request: contextvars.ContextVar[object] = contextvars.ContextVar("request")
+    request.set(object())
+    staff.sup.hire(make_notebook("t1"), [b"h"])
+    butlers = [task for task in nursery.child_tasks if task.name.startswith("butler t1")]
+    butlers += [
+        child
+        for task in nursery.child_tasks
+        for kid in task.child_nurseries
+        for child in kid.child_tasks
+        if child.name.startswith("butler t1")
+    ]
+    assert len(butlers) == 1
+    assert request not in butlers[0].context
 
 
 # --- reports and watchers ---------------------------------------------------------
