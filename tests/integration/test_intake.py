@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 
@@ -40,6 +42,8 @@ async def test_concurrent_tickets_share_batches(
     assert desk.written == 99
     assert 4 <= desk.batches < 100  # shared statements, none above batch_max
     assert query("SELECT count(*) FROM tickets") == [(99,)]
+    assert query("SELECT count(*) FROM jobs") == [(99,)]  # a job and an audit event each,
+    assert query("SELECT count(*) FROM ticket_events") == [(99,)]  # none for the lost one
     await connections.aclose()
 
 
@@ -61,3 +65,15 @@ async def test_an_unreachable_safe_fails_every_waiter(
             inner.start_soon(one)
     assert len(failures) == 5
     assert desk.written == 0
+
+
+async def test_a_batch_wakes_the_laundry_once_per_queue(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN grandhotel_jobs")
+        connections = pool.Pool(database_url, size=1, connect_timeout_seconds=5)
+        batch = [new_ticket(), new_ticket(), dataclasses.replace(new_ticket(), queue="slow")]
+        written = await vault.Vault(connections).insert_tickets(batch)
+        await connections.aclose()
+        assert written == {new.id for new in batch}
+        heard = sorted(n.payload for n in listener.notifies(timeout=5, stop_after=2))
+    assert heard == ["default", "slow"]

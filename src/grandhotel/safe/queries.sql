@@ -1,8 +1,9 @@
 -- insert_tickets --
 -- Tickets, their jobs, first audit events and guests, many in one statement
 -- (the front desk's group commit); wakes the laundry with one NOTIFY per queue
--- at commit. Returns the ids written: a ticket whose idempotency key is taken
--- is left out.
+-- at commit. Returns one row: the ids left out (a ticket whose idempotency key
+-- is taken), most often none; one row, not one per ticket written, which
+-- psycopg would turn into a dict and a UUID each.
 -- The rows come as one JSON array of [id, guest, service, args, butler,
 -- token_hash (hex), total, queue, max_attempts, idempotency_key,
 -- request_hash (hex)].
@@ -32,7 +33,9 @@ WITH input AS (
 ), wake AS (
     SELECT pg_notify('grandhotel_jobs', q.queue) FROM (SELECT DISTINCT queue FROM job) q
 )
-SELECT id, (SELECT count(*) FROM wake) AS woken FROM ticket;
+SELECT ARRAY(SELECT i.id FROM input i WHERE NOT EXISTS (SELECT FROM ticket t WHERE t.id = i.id))
+           AS refused,
+       (SELECT count(*) FROM wake) AS woken;
 
 -- ticket_by_idempotency_key --
 -- The ticket an earlier request with the same key created.

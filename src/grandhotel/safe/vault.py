@@ -134,8 +134,9 @@ class Vault:
              None if new.request_hash is None else new.request_hash.hex()]
             for new in batch
         ]  # fmt: skip
-        rows = await self._rows("insert_tickets", {"rows": Jsonb(document)})
-        return {row["id"] for row in rows}
+        row = await self._one("insert_tickets", {"rows": Jsonb(document)})
+        refused = set(row["refused"]) if row else set()
+        return {new.id for new in batch if new.id not in refused}
 
     async def insert_ticket(self, new: NewTicket) -> bool:
         """Write one ticket (see ``insert_tickets``); False if its key is taken."""
