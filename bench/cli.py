@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from types import ModuleType
 
 import trio
 
-from bench import report, server
+from bench import driver, report, server
 
 SCENARIOS = {
     "watch": "N tickets, one WebSocket watcher each: latency, loss, memory, CPU",
@@ -50,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="results folder (default bench/results)",
         )
         sub.add_argument(
+            "--driver-gc",
+            choices=("tuned", "default"),
+            default="tuned",
+            help="the driver's own garbage collector: tuned (young collections only, "
+            "as the server's; default) or Python's default settings (see bench/README.md)",
+        )
+        sub.add_argument(
             "--admin-url",
             default=server.default_admin_url(),
             help="PostgreSQL admin connection for the fresh database "
@@ -74,16 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     options.log_path = options.out / f"{options.scenario}-{stamp}.server.log"
     code = report.code_version()
     limit = server.raise_fd_limit()
+    collector = driver.DriverCollector(tuned=options.driver_gc == "tuned")
     print(
         f"bench {options.scenario}: open-file limit {limit}; results in {options.out}",
         file=sys.stderr,
     )
     try:
-        result: report.Result = trio.run(module.run, options)
+        result: report.Result = trio.run(collector.run, functools.partial(module.run, options))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finished_at = datetime.datetime.now(datetime.UTC)
+    result.metrics["driver_gc"] = collector.report()
+    result.parameters["driver_gc"] = options.driver_gc
     paths = report.write(
         result, options.out, started_at=started_at, finished_at=finished_at, code=code
     )

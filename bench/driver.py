@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
+import gc
 import json
 import math
 import random
@@ -29,7 +31,7 @@ import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 import trio
@@ -37,6 +39,7 @@ import trio_websocket
 import wsproto.utilities
 
 from bench import httpclient, server
+from grandhotel import housekeeping
 
 TERMINAL_KINDS: Final = frozenset({"completed", "failed", "cancelled"})
 CONNECT_TRIES: Final = 8
@@ -524,6 +527,61 @@ async def _watchdog(target: server.Target, scope: trio.CancelScope) -> None:
     target.check_alive()
     print(f"bench: {target.death}", file=sys.stderr, flush=True)
     scope.cancel()
+
+
+T = TypeVar("T")
+
+DRIVER_GEN0_THRESHOLD = 10_000
+DRIVER_YOUNG_INTERVAL_SECONDS = 0.1
+
+
+class DriverCollector:
+    """The driver's own collector: tuned, and its pauses reported with the result.
+
+    Every latency the driver measures ends when the driver reads the frame, so a
+    pause of the driver's own collector counts as the server's latency. With
+    Python's default thresholds, a driver holding 2,000 WebSockets makes full
+    collections that walk every one of their objects; ``tuned`` freezes what the
+    start-up made and leaves only young collections (as the server does,
+    ``housekeeping.tune``), made on a clock too (``run``): as on the server, old
+    objects that die (closed connections) hold Python's own trigger back while
+    the young generation grows (young pauses of up to 100 ms in the driver of a
+    10,000-ticket ``watch`` with the trigger alone). Cyclic garbage waits until
+    the process exits: a run is minutes long. ``report`` says what the
+    collector cost either way.
+    """
+
+    def __init__(self, *, tuned: bool) -> None:
+        self.tuned = tuned
+        self.pauses = housekeeping.Pauses()
+        if tuned:
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(DRIVER_GEN0_THRESHOLD, housekeeping.NEVER, housekeeping.NEVER)
+        gc.callbacks.append(self.pauses)
+
+    async def run(self, scenario: Callable[[], Awaitable[T]]) -> T:
+        """Run ``scenario`` with the young collections' clock beside it (if tuned)."""
+        async with trio.open_nursery() as nursery:
+            if self.tuned:
+                await nursery.start(
+                    functools.partial(
+                        housekeeping.young_collections,
+                        shortest_seconds=DRIVER_YOUNG_INTERVAL_SECONDS,
+                        longest_seconds=DRIVER_YOUNG_INTERVAL_SECONDS,
+                        pause_target_seconds=1.0,
+                    )
+                )
+            outcome = await scenario()
+            nursery.cancel_scope.cancel()
+        return outcome
+
+    def report(self) -> dict[str, Any]:
+        """Collections, total and longest pause (ms) per generation, and the thresholds."""
+        body = self.pauses.report()
+        body.pop("young_interval_seconds", None)
+        body.pop("frozen_objects", None)
+        return body
 
 
 def rate(count: int, seconds: float) -> float:
