@@ -139,7 +139,9 @@ async def test_frozen_node_is_rescued_once_and_its_late_write_changes_nothing(
 async def test_sigterm_drains_releases_and_restart_completes(
     database_url: str, query: Any, tmp_path: Path
 ) -> None:
-    env = dict(FAST, GRANDHOTEL_LAUNDRY_STEP_SECONDS=0.1, GRANDHOTEL_SHUTDOWN_GRACE_SECONDS=0.5)
+    # The grace bounds both the release and the watchers' close frames; 2 s is
+    # short of the jobs' 5 s, and leaves a loaded 2-core machine room for both.
+    env = dict(FAST, GRANDHOTEL_LAUNDRY_STEP_SECONDS=0.1, GRANDHOTEL_SHUTDOWN_GRACE_SECONDS=2.0)
     server = ServerProcess(database_url, "drainer", tmp_path, env=env)
     try:
         base = await server.start()
@@ -155,6 +157,7 @@ async def test_sigterm_drains_releases_and_restart_completes(
         assert query("SELECT count(*) FROM jobs WHERE state = 'executing'") == [(0,)]
         assert query("SELECT count(*) FROM nodes WHERE name = 'drainer'") == [(0,)]
         [(attempts,)] = query("SELECT max(attempt) FROM jobs")
+        assert "released 20 running job(s)" in server.log_text()  # none finished in the grace
         await server.start()
         await until(lambda: query(UNFINISHED) == [(0,)], timeout=30)
     finally:
