@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import functools
 import secrets
-import statistics
 import time
 from typing import Any
 
@@ -244,12 +243,6 @@ MIN_WINDOW_SHARE = 0.25
 its streams' span, or its CPU per event is not a steady-state measurement."""
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or not b:
-        return None
-    return round(a / b, 3)
-
-
 def _pooled(name: str, sides: list[Side]) -> Side:
     """One side's rounds as one window: CPU and frames summed, latencies joined."""
     pooled = Side(name)
@@ -299,13 +292,12 @@ async def run(options: argparse.Namespace) -> report.Result:
                 (bares if side.name == "bare" else reals).append(side)
                 await trio.sleep(1.0)
     per_round = [
-        _ratio(r.metrics()["server_cpu_us_per_event"], b.metrics()["server_cpu_us_per_event"])
+        report.ratio(r.metrics()["server_cpu_us_per_event"], b.metrics()["server_cpu_us_per_event"])
         for b, r in zip(bares, reals, strict=True)
     ]
     bare, real = _pooled("bare", bares), _pooled("real", reals)
     bm, rm = bare.metrics(), real.metrics()
-    valid = [x for x in per_round if x is not None]
-    ratio = round(statistics.median(valid), 3) if len(valid) == len(per_round) else None
+    ratio = report.median_ratio(per_round)
     failures = [target.death] if target.death else []
     span = options.steps * options.interval
     for side in (*bares, *reals):
@@ -336,7 +328,7 @@ async def run(options: argparse.Namespace) -> report.Result:
             "bare": bm,
             "real": rm,
             "cpu_per_event_ratio_real_over_bare": ratio,
-            "pooled_ratio_real_over_bare": _ratio(
+            "pooled_ratio_real_over_bare": report.ratio(
                 rm["server_cpu_us_per_event"], bm["server_cpu_us_per_event"]
             ),
             "rounds": [

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import secrets
-import statistics
 import time
 from typing import Any
 
@@ -206,20 +205,6 @@ def _combine(windows: list[Window]) -> Window:
     )
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or not b:
-        return None
-    return round(a / b, 3)
-
-
-def _median(values: list[float | None]) -> float | None:
-    """The median, or None if any value is missing (a pair that measured nothing)."""
-    present = [v for v in values if v is not None]
-    if not present or len(present) != len(values):
-        return None
-    return round(statistics.median(present), 3)
-
-
 async def run(options: argparse.Namespace) -> report.Result:
     """The intake scenario."""
     options.rounds = max(1, options.rounds)
@@ -250,20 +235,23 @@ async def run(options: argparse.Namespace) -> report.Result:
     b, r = _combine(bare), _combine(real)
     bm, rm = b.metrics(), r.metrics()
     pairs = [(x.metrics(), y.metrics()) for x, y in zip(bare, real, strict=True)]
-    rate_ratios = [_ratio(y["requests_per_second"], x["requests_per_second"]) for x, y in pairs]
-    cpu_ratios = [
-        _ratio(y["server_cpu_ms_per_request"], x["server_cpu_ms_per_request"]) for x, y in pairs
+    rate_ratios = [
+        report.ratio(y["requests_per_second"], x["requests_per_second"]) for x, y in pairs
     ]
-    rate_ratio = _median(rate_ratios)
+    cpu_ratios = [
+        report.ratio(y["server_cpu_ms_per_request"], x["server_cpu_ms_per_request"])
+        for x, y in pairs
+    ]
+    rate_ratio = report.median_ratio(rate_ratios)
     metrics = {
         "bare": bm,
         "real": rm,
         "rate_ratio_real_over_bare": rate_ratio,
-        "pooled_rate_ratio_real_over_bare": _ratio(
+        "pooled_rate_ratio_real_over_bare": report.ratio(
             rm["requests_per_second"], bm["requests_per_second"]
         ),
-        "server_cpu_per_request_ratio_real_over_bare": _median(cpu_ratios),
-        "pooled_server_cpu_per_request_ratio_real_over_bare": _ratio(
+        "server_cpu_per_request_ratio_real_over_bare": report.median_ratio(cpu_ratios),
+        "pooled_server_cpu_per_request_ratio_real_over_bare": report.ratio(
             rm["server_cpu_ms_per_request"], bm["server_cpu_ms_per_request"]
         ),
         "rounds": [

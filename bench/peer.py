@@ -268,12 +268,6 @@ def _per_1000(cpu: float | None, events: int) -> float | None:
     return round(1000 * cpu / events, 4)
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or not b:
-        return None
-    return round(a / b, 3)
-
-
 async def run(options: argparse.Namespace) -> report.Result:
     """The peer scenario."""
     reports = options.tickets * options.steps
@@ -346,8 +340,8 @@ async def run(options: argparse.Namespace) -> report.Result:
         latencies[f"Celery + polling every {options.poll_interval * 1000:g} ms"] = peer.latencies
         if peer.unfinished or peer.failed:
             failures.append(f"Celery: {peer.unfinished} unfinished, {peer.failed} failed")
-    latency_ratio = _ratio(c_p50, g_p50)
-    cpu_ratio = _ratio(g_cpu, c_cpu)
+    latency_ratio = report.ratio(c_p50, g_p50)
+    cpu_ratio = report.ratio(g_cpu, c_cpu)
     metrics["p50_latency_ratio_celery_over_grandhotel"] = latency_ratio
     metrics["cpu_per_event_ratio_grandhotel_over_celery"] = cpu_ratio
     return report.Result(

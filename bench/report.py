@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +38,21 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
         return math.nan
     rank = max(1, math.ceil(fraction * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` rounded to 3 places; None when either is missing or ``b`` is 0."""
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def median_ratio(ratios: Sequence[float | None]) -> float | None:
+    """The median of the rounds' ratios; None if any round measured nothing."""
+    present = [r for r in ratios if r is not None]
+    if not present or len(present) != len(ratios):
+        return None
+    return round(statistics.median(present), 3)
 
 
 def summary(values: Iterable[float], digits: int = 2) -> dict[str, float | int | None]:
