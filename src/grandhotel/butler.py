@@ -85,9 +85,12 @@ class Line:
         """The running job attempt's scope, set by the laundry (cancelled on end)."""
         # Bounded: a worker reporting faster than the butler handles waits here.
         self.inbox = inbox.Inbox[tickets.Report](inbox_size)
-        self.is_retired = False
-        """The last butler left (``retire``)."""
         self._retired: trio.Event | None = None
+
+    @property
+    def is_retired(self) -> bool:
+        """The last butler left: ``retire`` closed both sides of the inbox."""
+        return self.inbox.closed
 
     @property
     def retired(self) -> trio.Event:
@@ -166,7 +169,6 @@ class Line:
         for box in self.watchers:
             box.close()
         self.watchers.clear()
-        self.is_retired = True
         if self._retired is not None:
             self._retired.set()
 

@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -118,18 +117,17 @@ class FrontDesk:
         hotel keeps up with, both are taken at once: no timer, no scheduler trip."""
         hotel = self.hotel
         gate = hotel.intake_gate
-        waits: list[Callable[[], Awaitable[None]]] = [gate.acquire]
-        if not hotel.turns.take_nowait():
-            waits.insert(0, hotel.turns.take)
-        else:
+        turn = hotel.turns.take_nowait()
+        if turn:
             try:
                 gate.acquire_nowait()  # refused while others wait: they keep their order
                 return
             except trio.WouldBlock:
                 pass
         with trio.move_on_after(hotel.settings.intake_wait_seconds) as waiting:
-            for wait in waits:
-                await wait()
+            if not turn:
+                await hotel.turns.take()
+            await gate.acquire()
         if waiting.cancelled_caught:  # only the wait is timed: never a half-made ticket
             raise problems.Problem(
                 503, "the desk is busy: new tickets wait their turn while live updates run "
