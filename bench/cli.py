@@ -29,6 +29,7 @@ SCENARIOS = {
     "idle": "100,000 idle butlers in one process: bytes per butler, hire rate",
     "chaos": "watch with crashing butlers and watchers that disconnect and resume",
     "peer": "the same workflow on Celery + Redis with polling, side by side",
+    "pipeline": "CPU per event of the hotel's code path in process, without network or idle",
 }
 
 

@@ -23,8 +23,6 @@ import argparse
 import gc
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -140,22 +138,7 @@ def child(kind: str, count: int) -> None:
 
 
 def _run_child(kind: str, count: int) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(server.REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.idle", kind, str(count)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"idle child {kind} failed:\n{done.stderr[-3000:]}")
-    measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return measured
+    return server.run_child("bench.idle", kind, str(count))
 
 
 def _median(values: list[float]) -> float:

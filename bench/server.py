@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import re
 import resource
@@ -436,3 +437,23 @@ async def target(
         finally:
             with trio.CancelScope(shield=True):
                 await server.stop()
+
+
+def run_child(module: str, *args: str, timeout: float = 600) -> dict[str, Any]:
+    """Run ``python -m <module> <args>`` in a fresh interpreter (so that no
+    measurement reuses memory or caches another left) and return the JSON object
+    its last line of output printed.
+
+    Raises:
+        RuntimeError: the child failed (its stderr's end is in the message).
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured

@@ -47,6 +47,35 @@ def describe(error: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def reporter(
+    book: checkpoints.Checkpoints,
+    lookup: Callable[[str], butler.Line | None],
+    job: Mapping[str, Any],
+) -> services.Reporter:
+    """An attempt's ``ctx.progress``: note the step in ``book``, then hand it to
+    the ticket's butler (found with ``lookup``) in memory."""
+    ticket_id, job_id, attempt = str(job["ticket_id"]), job["job_id"], job["attempt"]
+    note = book.note  # bound once: every step calls
+
+    async def report(done: int, total: int, message: str | None) -> None:
+        note(job_id, attempt, done, total, message)
+        line = lookup(ticket_id)
+        if line is not None:
+            await line.report(tickets.Progress(done, total, message))
+
+    return report
+
+
+def saver(book: checkpoints.Checkpoints, job: Mapping[str, Any]) -> services.Saver:
+    """An attempt's ``ctx.checkpoint``: kept in ``book`` for its next flush."""
+    job_id, attempt = job["job_id"], job["attempt"]
+
+    def save(done: int, total: int, message: str | None, checkpoint: Any) -> None:
+        book.save(job_id, attempt, done, total, message, checkpoint)
+
+    return save
+
+
 class Laundry:
     """Claims jobs and runs them, reporting every step to the ticket's butler.
 
@@ -194,8 +223,8 @@ class Laundry:
         ticket_id, attempt = str(job["ticket_id"]), int(job["attempt"])
         service = self.catalogue.get(job["service"])
         context = services.Context(
-            ticket_id, job["args"], attempt, self._reporter(job),
-            resumed=job["checkpoint"], save=self._saver(job),
+            ticket_id, job["args"], attempt, reporter(self.book, self.lines.lookup, job),
+            resumed=job["checkpoint"], save=saver(self.book, job),
         )  # fmt: skip
         error: BaseException | None = None
         result: services.Result = None
@@ -239,26 +268,6 @@ class Laundry:
                 "must yield to trio more often", ticket_id, took,
                 self.settings.cancel_deadline_seconds,
             )  # fmt: skip
-
-    def _reporter(self, job: Mapping[str, Any]) -> services.Reporter:
-        ticket_id, job_id, attempt = str(job["ticket_id"]), job["job_id"], job["attempt"]
-        note, lookup = self.book.note, self.lines.lookup  # bound once: every step calls
-
-        async def report(done: int, total: int, message: str | None) -> None:
-            note(job_id, attempt, done, total, message)
-            line = lookup(ticket_id)
-            if line is not None:
-                await line.report(tickets.Progress(done, total, message))
-
-        return report
-
-    def _saver(self, job: Mapping[str, Any]) -> services.Saver:
-        job_id, attempt, book = job["job_id"], job["attempt"], self.book
-
-        def save(done: int, total: int, message: str | None, checkpoint: Any) -> None:
-            book.save(job_id, attempt, done, total, message, checkpoint)
-
-        return save
 
     async def _complete(
         self,
