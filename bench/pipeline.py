@@ -24,7 +24,8 @@ lock, then the socket write's checkpoint), and count the frame. Three kinds:
   per ticket; a worker runs a service through ``services.Context`` with the
   laundry's reporter and saver (``laundry.reporter``, ``laundry.saver``) into a
   ``checkpoints.Checkpoints`` book; a writer per stream subscribes to the line
-  and writes every frame from its mailbox as the concierge does.
+  and writes every frame from its mailbox with the concierge's own
+  ``concierge.write_frames``.
   ``real - handoff`` is what the hotel's code costs per event (the notebook,
   the reports, the mailbox, the checkpoints): the part that is ours to make
   cheaper.
@@ -57,6 +58,7 @@ from bench import report, server
 from grandhotel import (
     butler,
     checkpoints,
+    concierge,
     config,
     directory,
     laundry,
@@ -186,15 +188,9 @@ async def _real(
     line = staff.hire(_notebook(number, steps), [b""])
     snapshot, box = line.subscribe()
 
-    async def write() -> None:  # the concierge's _deliver, without the proxy
-        socket = Socket()
-        frame: str | None = snapshot
-        while frame is not None:
-            started = trio.current_time()
-            await socket.send(frame)
-            if trio.current_time() - started > 10.0:
-                raise RuntimeError("a write took over 10 s")
-            frame = await box.get()
+    async def write() -> None:  # as the concierge does, into a socket of its own
+        if not await concierge.write_frames(Socket().send, snapshot, box, deadline=10.0):
+            raise RuntimeError("a write took over 10 s")
         coalesced.append(box.coalesced)
 
     async def run(ctx: services.Context) -> dict[str, int]:  # a service, as a developer writes one

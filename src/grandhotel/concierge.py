@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -154,20 +154,11 @@ class Concierge:
 
     async def _deliver(self, snapshot: str, box: mailbox.Mailbox, line: butler.Line) -> int:
         """Write the snapshot and every event; return the close code."""
-        deadline = self.hotel.settings.write_deadline_seconds
         send = websocket_ctx.websocket.send  # the session's own, not the proxy per frame
-        frame: str | None = snapshot
-        while frame is not None:
-            # Timed, not cancelled: hypercorn shields the socket write itself, so
-            # a deadline could only ever land once the write is over anyway, and
-            # arming one costs two updates of trio's deadline heap per frame.
-            started = trio.current_time()
-            await send(frame)
-            if trio.current_time() - started > deadline:
-                logger.info("closing a watcher of %s: slower than the write deadline",
-                            line.ticket_id)  # fmt: skip
-                return CLOSE_POLICY
-            frame = await box.get()
+        if not await write_frames(send, snapshot, box, self.hotel.settings.write_deadline_seconds):
+            logger.info("closing a watcher of %s: slower than the write deadline",
+                        line.ticket_id)  # fmt: skip
+            return CLOSE_POLICY
         return CLOSE_DONE if line.notebook.status.terminal else CLOSE_GOING_AWAY
 
     async def _listen(self, line: butler.Line, box: mailbox.Mailbox) -> int:
@@ -199,6 +190,24 @@ class Concierge:
             box.push_control(
                 json.dumps({"type": "error", "detail": "the safe is unreachable; try again"})
             )
+
+
+async def write_frames(
+    send: Callable[[str], Awaitable[None]], first: str, box: mailbox.Mailbox, deadline: float
+) -> bool:
+    """Write ``first``, then every frame from ``box`` until it is closed and
+    drained (True); False as soon as one write took over ``deadline`` seconds."""
+    frame: str | None = first
+    while frame is not None:
+        # Timed, not cancelled: hypercorn shields the socket write itself, so
+        # a deadline could only ever land once the write is over anyway, and
+        # arming one costs two updates of trio's deadline heap per frame.
+        started = trio.current_time()
+        await send(frame)
+        if trio.current_time() - started > deadline:
+            return False
+        frame = await box.get()
+    return True
 
 
 def classify(message: str | bytes) -> tuple[str | None, int | None]:
