@@ -9,6 +9,7 @@ still reaches a live line and the message waits in its inbox.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 LineT = TypeVar("LineT")
@@ -23,6 +24,9 @@ class Directory(Generic[LineT]):
 
     def __init__(self) -> None:
         self._lines: dict[str, LineT] = {}
+        self.lookup: Callable[[str], LineT | None] = self._lines.get
+        """The line of the butler on duty for a ticket id, or None. The dict's
+        own ``get`` (never rebound): every step of every job looks its butler up."""
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -40,10 +44,6 @@ class Directory(Generic[LineT]):
         """Remove the entry if it is still ``line`` (never someone else's)."""
         if self._lines.get(ticket_id) is line:
             del self._lines[ticket_id]
-
-    def lookup(self, ticket_id: str) -> LineT | None:
-        """The line of the butler on duty for ``ticket_id``, or None."""
-        return self._lines.get(ticket_id)
 
     def lines(self) -> list[LineT]:
         """The lines of every butler on duty (a copy)."""

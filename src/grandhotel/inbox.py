@@ -115,10 +115,14 @@ class Inbox(Generic[T]):
                 read, or the inbox was closed (what was queued is dropped).
             trio.BusyResourceError: another task is already waiting in ``receive``.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
         if self._items and not self.receiving_closed:
-            # Ready at once: still yield, as a trio channel does (see above).
+            # Ready at once: still a checkpoint, as a trio channel's is (see above).
+            await trio.lowlevel.checkpoint_if_cancelled()
             await trio.lowlevel.cancel_shielded_checkpoint()
+        elif self.sending_closed or self.receiving_closed:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        # Otherwise the wait below is the checkpoint: trio delivers a pending
+        # cancellation to a task that parks (the butler's usual way in).
         while not self._items or self.receiving_closed:
             if self.sending_closed:
                 raise trio.EndOfChannel

@@ -1,12 +1,14 @@
-"""Unit tests for ``grandhotel.checkpoints``: notes in memory, flushed in batches."""
+"""Unit tests for ``grandhotel.checkpoints``: notes in memory, flushed in batches; and the
+laundry's reporter and saver, which note every step there and hand it to the butler."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import trio
 
-from grandhotel import checkpoints
+from grandhotel import butler, checkpoints, directory, laundry, services, tickets
 from grandhotel.safe import vault
 
 
@@ -84,3 +86,54 @@ async def test_an_ended_attempt_is_forgotten(book: checkpoints.Checkpoints, safe
     book.forget(7)
     await book.flush()
     assert safe.batches == []
+
+
+# --- laundry.reporter and laundry.saver: what ctx.progress and ctx.checkpoint do
+
+JOB = {"ticket_id": "t-1", "job_id": 7, "attempt": 2}
+
+
+def make_line() -> butler.Line:
+    notebook = tickets.Notebook(
+        ticket_id="t-1", guest="room-1", service="laundry", args={"suits": 3}, butler="Chen",
+        status=tickets.Status.IN_PROGRESS, done=0, total=3, message=None, seq=1, attempt=2,
+        created_at="2026-12-04T00:00:00.000Z", updated_at="2026-12-04T00:00:00.000Z",
+    )  # fmt: skip
+    return butler.Line(notebook, [b""], inbox_size=4, watcher_buffer=4)
+
+
+def context(book: checkpoints.Checkpoints, lines: directory.Directory[butler.Line]) -> Any:
+    return services.Context(
+        "t-1", {"suits": 3}, 2, laundry.reporter(book, lines.lookup, JOB),
+        save=laundry.saver(book, JOB),
+    )  # fmt: skip
+
+
+async def test_a_step_reaches_the_butler_as_a_progress_report_and_the_book() -> None:
+    safe = FakeSafe()
+    book = checkpoints.Checkpoints(safe, interval_seconds=1.0)  # type: ignore[arg-type]
+    lines: directory.Directory[butler.Line] = directory.Directory()
+    line = make_line()
+    lines.register("t-1", line)
+    ctx = context(book, lines)
+    await ctx.progress(2, 3, "Suit 2/3 complete")
+    ctx.checkpoint({"suits_done": 2})
+    report = await line.inbox.receive()
+    assert type(report) is tickets.Progress
+    assert report == tickets.Progress(2, 3, "Suit 2/3 complete")
+    assert (report.done, report.total, report.message) == (2, 3, "Suit 2/3 complete")
+    await book.flush()
+    assert safe.batches == [[(7, 2, 2, 3, "Suit 2/3 complete", {"suits_done": 2})]]
+
+
+async def test_a_step_with_no_butler_is_still_noted_and_still_a_checkpoint() -> None:
+    safe = FakeSafe()
+    book = checkpoints.Checkpoints(safe, interval_seconds=1.0)  # type: ignore[arg-type]
+    ctx = context(book, directory.Directory())
+    await ctx.progress(1, 3, None)  # nobody to tell: no error
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await ctx.progress(2, 3, None)
+    assert scope.cancelled_caught  # a cancelled attempt stops at its next step
+    await book.flush()
+    assert safe.batches == [[(7, 2, 2, 3, None, None)]]

@@ -161,3 +161,23 @@ async def test_a_cancelled_reader_can_wait_again(autojump_clock: trio.testing.Mo
 def test_an_inbox_holds_at_least_one_report() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Inbox(0)
+
+
+@pytest.mark.parametrize("closing", ["none", "sending", "both"])
+async def test_receive_under_a_cancelled_scope_is_cancelled_whatever_the_inbox_holds(
+    closing: str,
+) -> None:
+    # Empty: the wait is the checkpoint; ready or closed: the check before it.
+    for ready in (False, True):
+        box: Inbox[int] = Inbox(2)
+        if ready:
+            box.send_nowait(1)
+        if closing == "sending":
+            box.close_sending()
+        elif closing == "both":
+            box.close()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await box.receive()
+        assert scope.cancelled_caught, (closing, ready)
+        assert len(box) == (1 if ready and closing != "both" else 0)

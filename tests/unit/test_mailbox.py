@@ -202,3 +202,24 @@ async def test_a_reader_cancelled_while_waiting_can_wait_again(
         await trio.testing.wait_all_tasks_blocked()
         box.push(1, "a", coalescable=True)
     assert got == ["a"]
+
+
+async def test_a_get_on_an_empty_mailbox_under_a_cancelled_scope_is_cancelled() -> None:
+    # Nothing queued: the wait itself is the checkpoint (no separate check first).
+    box = mailbox.Mailbox(capacity=8)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await box.get()
+    assert scope.cancelled_caught
+    box.push(1, "a", coalescable=True)  # the reader is not left registered
+    assert await box.get() == "a"
+
+
+async def test_a_get_on_a_closed_mailbox_under_a_cancelled_scope_is_cancelled() -> None:
+    box = mailbox.Mailbox(capacity=8)
+    box.close()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await box.get()
+    assert scope.cancelled_caught
+    assert await box.get() is None

@@ -336,3 +336,14 @@ def test_restore_rebuilds_a_notebook_from_a_row(make_notebook: NotebookFactory) 
         attempt=2, created_at="c", updated_at="u", reason="r", record={"done": 1},
     )  # fmt: skip
     assert notebook.status is Status.RETRYING
+
+
+def test_terminal_is_an_attribute_of_each_status_not_a_member() -> None:
+    assert list(Status.__members__) == [
+        "QUEUED", "IN_PROGRESS", "RETRYING", "COMPLETED", "FAILED", "CANCELLED",
+    ]  # fmt: skip
+    assert {s for s in Status if s.terminal} == {
+        Status.COMPLETED, Status.FAILED, Status.CANCELLED,
+    }  # fmt: skip
+    assert Status("failed").terminal
+    assert not Status("retrying").terminal

@@ -106,7 +106,8 @@ FROM claimed c JOIN moved m ON m.id = c.ticket_id;
 -- Throttled checkpoints of running attempts, many in one statement. Fenced per
 -- row on (job, attempt, executing); keeps a job's checkpoint when none is given.
 -- The rows come as one JSON array of [job, attempt, done, total, message,
--- checkpoint]; a JSON null checkpoint is none.
+-- checkpoint]; a JSON null checkpoint is none. One row back, the count of
+-- tickets saved (not a row per ticket for the server to decode).
 WITH progress AS (
     SELECT (r->>0)::bigint AS job, (r->>1)::integer AS attempt, (r->>2)::integer AS done,
            (r->>3)::integer AS total, r->>4 AS message,
@@ -117,11 +118,13 @@ WITH progress AS (
     FROM progress p
     WHERE jobs.id = p.job AND jobs.attempt = p.attempt AND jobs.state = 'executing'
     RETURNING jobs.ticket_id, p.done, p.total, p.message
+), updated AS (
+    UPDATE tickets t SET done = saved.done, total = saved.total, message = saved.message,
+                         updated_at = now()
+    FROM saved WHERE t.id = saved.ticket_id
+    RETURNING 1
 )
-UPDATE tickets t SET done = saved.done, total = saved.total, message = saved.message,
-                     updated_at = now()
-FROM saved WHERE t.id = saved.ticket_id
-RETURNING t.id;
+SELECT count(*) AS saved FROM updated;
 
 -- complete_job --
 -- Fenced on (job, attempt, executing): job, ticket, audit and the service

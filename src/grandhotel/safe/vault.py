@@ -208,8 +208,8 @@ class Vault:
         server's CPU in the fanout benchmark, with 500 attempts noted a second).
         """
         batch = [[r.job, r.attempt, r.done, r.total, r.message, r.checkpoint] for r in rows]
-        saved = await self._rows("save_progress", {"rows": Jsonb(batch)})
-        return len(saved)
+        counted = await self._one("save_progress", {"rows": Jsonb(batch)})
+        return int(counted["saved"]) if counted else 0
 
     async def retry_job(
         self, job: int, attempt: int, *, delay_seconds: float, reason: str, error: Mapping[str, Any]

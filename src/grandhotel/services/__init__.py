@@ -35,7 +35,7 @@ from typing import Any
 from grandhotel import schemas
 
 Result = Mapping[str, Any] | None
-Reporter = Callable[[int, int, "str | None"], Awaitable[None]]
+Reporter = Callable[[int, int, "str | None"], Awaitable[object]]
 Saver = Callable[[int, int, "str | None", Any], None]
 
 
