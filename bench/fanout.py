@@ -1,6 +1,6 @@
 """``fanout``: server CPU per delivered event, beside a bare hypercorn WebSocket route.
 
-Two sides on one server, bare first:
+Two sides, each on a server of its own started alike, at the same time:
 
 - bare: ``--connections`` WebSockets to ``/_bench/live?frames=S&interval=I``; the
   route itself sends a snapshot, S progress frames shaped like a butler's, I
@@ -16,11 +16,17 @@ is the CPU per delivered event. The ratio real/bare says what the butler and
 the concierge cost (target <= 1.25). Progress latency (``at`` to receipt) is
 reported for both sides.
 
-``--rounds`` (5) pairs of sides, the first pair bare first, the next real first,
-and so on: the target is the median of the pairs' ratios. On a shared machine a
-single pair's ratio moved between 1.25 and 1.47 from one run to the next at the
-same commit; a neighbour's load changes the speed of the whole machine over tens
-of seconds, and alternating the order cancels a steady drift.
+``--rounds`` (5) pairs of sides; the target is the median of the pairs' ratios.
+By default (``--together``) a pair's two sides run at the same time, each on
+its own server process (both started with the same settings and bench routes),
+and the two servers swap sides every round. Each server's CPU is read from its
+own process over its own window, and the two windows overlap for most of their
+length (``windows_overlap_share``), so a change in the machine's speed reaches
+both alike. One after the other on one server (``--no-together``, and always
+with ``--url``), the first pair bare first, the next real first: on this
+shared machine a neighbour's load changes the whole machine's speed by up to
+20 % over a run, and a single pair's ratio moved between 1.06 and 1.32 within
+one run at the same commit (1.17 to 1.26 together).
 """
 
 from __future__ import annotations
@@ -47,7 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections (intake)")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="bare/real pairs, alternating which goes first"
+        "--rounds",
+        type=int,
+        default=5,
+        help="bare/real pairs, swapping the servers (or, --no-together, which side goes first)",
+    )
+    parser.add_argument(
+        "--together",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each pair's two sides at the same time on two servers started alike, "
+        "swapping them every round (default); --no-together: one after the other on one "
+        "server (always so with --url)",
     )
     driver.add_target_arguments(parser)
 
@@ -60,6 +77,7 @@ class Side:
     seconds: float = 0.0
     frames: int = 0
     server_cpu: float | None = None
+    server_wakeups: int | None = None
     postgres_cpu: float | None = None
     driver_cpu: float = 0.0
     machine_busy: float = 0.0
@@ -69,6 +87,10 @@ class Side:
     """Server CPU over the whole side: connects, frames, closes (and intake)."""
     total_frames: int = 0
     connections: int = 0
+    opened_at: float = 0.0
+    closed_at: float = 0.0
+    overlap_share: float | None = None
+    """With ``--together``: the share of the longer window both sides were open."""
 
     def metrics(self) -> dict[str, Any]:
         """The side's numbers."""
@@ -81,6 +103,9 @@ class Side:
             "server_cpu_us_per_event": None
             if self.server_cpu is None or not self.frames
             else round(1e6 * self.server_cpu / self.frames, 2),
+            "server_wakeups_per_1000_events": None
+            if self.server_wakeups is None or not self.frames
+            else round(1000 * self.server_wakeups / self.frames, 1),
             "server_cpu_utilisation": None
             if self.server_cpu is None
             else round(self.server_cpu / seconds, 2),
@@ -90,6 +115,9 @@ class Side:
             "driver_cpu_utilisation": round(self.driver_cpu / seconds, 2),
             "machine_busy_cores": round(self.machine_busy / seconds, 2),
             "progress_latency_ms": report.summary(self.latencies),
+            "windows_overlap_share": None
+            if self.overlap_share is None
+            else round(self.overlap_share, 3),
             "whole_side_server_cpu_seconds": None
             if self.total_cpu is None
             else round(self.total_cpu, 3),
@@ -118,6 +146,7 @@ class WindowProbe:
         self.opened_at = 0.0
         self.start_frames = 0
         self.start_cpu = 0.0
+        self.start_wakeups = 0
         self.start_pg = 0.0
         self.start_driver = 0.0
         self.start_machine = 0.0
@@ -132,6 +161,7 @@ class WindowProbe:
         self.opened_at = time.monotonic()
         self.start_frames = self.tally.frames
         self.start_cpu = server.proc_cpu_seconds(self.target.pid) if self.target.pid else 0.0
+        self.start_wakeups = server.proc_wakeups(self.target.pid) if self.target.pid else 0
         self.start_pg = server.cpu_of(self.pg_pids)
         self.start_driver = driver.driver_cpu_seconds()
         self.start_machine = server.machine_busy_seconds()
@@ -143,10 +173,13 @@ class WindowProbe:
             return
         self.closed = True
         side = self.side
-        side.seconds = time.monotonic() - self.opened_at
+        side.closed_at = time.monotonic()
+        side.opened_at = self.opened_at
+        side.seconds = side.closed_at - self.opened_at
         side.frames = self.tally.frames - self.start_frames
         if self.target.pid:
             side.server_cpu = server.proc_cpu_seconds(self.target.pid) - self.start_cpu
+            side.server_wakeups = server.proc_wakeups(self.target.pid) - self.start_wakeups
         if self.pg_pids:
             side.postgres_cpu = server.cpu_of(self.pg_pids) - self.start_pg
         side.driver_cpu = driver.driver_cpu_seconds() - self.start_driver
@@ -238,6 +271,30 @@ def _finish(
         side.total_cpu = server.proc_cpu_seconds(target.pid) - cpu0
 
 
+async def _together(pair: tuple[server.Target, server.Target], options: argparse.Namespace
+                    ) -> tuple[Side, Side]:  # fmt: skip
+    """One pair's two sides at the same time: bare on ``pair[0]``, real on ``pair[1]``.
+
+    Each server's CPU is read from its own process, over its own side's window;
+    the windows overlap for most of their length (``overlap_share``), so a
+    change in the machine's speed reaches both sides alike.
+    """
+    sides: dict[str, Side] = {}
+
+    async def run(name: str, make: Any, target: server.Target) -> None:
+        sides[name] = await make(target, options)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "bare", bare_side, pair[0])
+        nursery.start_soon(run, "real", real_side, pair[1])
+    bare, real = sides["bare"], sides["real"]
+    overlap = min(bare.closed_at, real.closed_at) - max(bare.opened_at, real.opened_at)
+    bare.overlap_share = real.overlap_share = max(0.0, overlap) / max(
+        bare.seconds, real.seconds, 1e-9
+    )
+    return bare, real
+
+
 MIN_WINDOW_SHARE = 0.25
 """A side's window (every connection open, no stream ended) must last this share of
 its streams' span, or its CPU per event is not a steady-state measurement."""
@@ -254,7 +311,7 @@ def _pooled(name: str, sides: list[Side]) -> Side:
         pooled.latencies += side.latencies
         for key, value in side.checks.items():
             pooled.checks[key] = pooled.checks.get(key, 0) + value
-        for field in ("server_cpu", "postgres_cpu", "total_cpu"):
+        for field in ("server_cpu", "server_wakeups", "postgres_cpu", "total_cpu"):
             mine, theirs = getattr(pooled, field), getattr(side, field)
             if theirs is not None:
                 setattr(pooled, field, (mine or 0.0) + theirs)
@@ -282,15 +339,36 @@ async def run(options: argparse.Namespace) -> report.Result:
     }
     bares: list[Side] = []
     reals: list[Side] = []
-    async with server.target_for(options, env) as target:
-        for number in range(options.rounds):
-            # Alternating which side goes first cancels a steady drift of the
-            # machine's speed (a neighbour's load) out of the median ratio.
-            order = (bare_side, real_side) if number % 2 == 0 else (real_side, bare_side)
-            for make in order:
-                side = await make(target, options)
-                (bares if side.name == "bare" else reals).append(side)
+    together = options.together and not options.url
+    deaths: list[str] = []
+    if together:
+        async with (
+            server.target_for(options, env) as first,
+            server.target(
+                url=None, admin_url=options.admin_url, env=env, profile=options.profile,
+                log_path=options.log_path.with_name(options.log_path.stem + "-2.log"),
+            ) as second,
+        ):  # fmt: skip
+            for number in range(options.rounds):
+                # Swapping the servers every round cancels what differs between
+                # the two processes (memory layout, the core each ran on most).
+                pair = (first, second) if number % 2 == 0 else (second, first)
+                bare, real = await _together(pair, options)
+                bares.append(bare)
+                reals.append(real)
                 await trio.sleep(1.0)
+            deaths = [t.death for t in (first, second) if t.death]
+    else:
+        async with server.target_for(options, env) as target:
+            for number in range(options.rounds):
+                # Alternating which side goes first cancels a steady drift of the
+                # machine's speed (a neighbour's load) out of the median ratio.
+                order = (bare_side, real_side) if number % 2 == 0 else (real_side, bare_side)
+                for make in order:
+                    side = await make(target, options)
+                    (bares if side.name == "bare" else reals).append(side)
+                    await trio.sleep(1.0)
+            deaths = [target.death] if target.death else []
     per_round = [
         report.ratio(r.metrics()["server_cpu_us_per_event"], b.metrics()["server_cpu_us_per_event"])
         for b, r in zip(bares, reals, strict=True)
@@ -298,7 +376,7 @@ async def run(options: argparse.Namespace) -> report.Result:
     bare, real = _pooled("bare", bares), _pooled("real", reals)
     bm, rm = bare.metrics(), real.metrics()
     ratio = report.median_ratio(per_round)
-    failures = [target.death] if target.death else []
+    failures = deaths
     span = options.steps * options.interval
     for side in (*bares, *reals):
         for key in ("duplicated", "out_of_order", "missing_terminal", "lost_gaps"):
@@ -322,6 +400,7 @@ async def run(options: argparse.Namespace) -> report.Result:
             "watchers_per_ticket": per,
             "tickets": max(1, options.connections // per),
             "rounds": options.rounds,
+            "together": together,
             "url": options.url or "(started here)",
         },
         metrics={
@@ -336,6 +415,9 @@ async def run(options: argparse.Namespace) -> report.Result:
                     "bare_us_per_event": b.metrics()["server_cpu_us_per_event"],
                     "real_us_per_event": r.metrics()["server_cpu_us_per_event"],
                     "ratio": x,
+                    "bare_wakeups_per_1000_events": b.metrics()["server_wakeups_per_1000_events"],
+                    "real_wakeups_per_1000_events": r.metrics()["server_wakeups_per_1000_events"],
+                    "windows_overlap_share": r.metrics()["windows_overlap_share"],
                 }
                 for b, r, x in zip(bares, reals, per_round, strict=True)
             ],

@@ -34,7 +34,8 @@ Each measurement runs in a fresh interpreter with the collector off (the
 server's own collector is measured by the other scenarios), ``--repeat`` times
 in turn; the medians are reported. There is no target: ``fanout`` holds it.
 A stream that lost or coalesced a frame fails the run, since its figure would
-not compare.
+not compare. ``--instructions`` also counts each kind's machine instructions per
+frame under valgrind's cachegrind: a figure the machine's speed does not move.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ import collections
 import gc
 import json
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -79,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--work-yields", type=int, default=4, help="yields to trio of each step's own work"
     )
     parser.add_argument("--repeat", type=int, default=5, help="measurements of each kind")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count each kind's machine instructions per frame under valgrind's "
+        "cachegrind (slow; a figure the machine's speed does not move)",
+    )
 
 
 def _cpu_seconds() -> float:
@@ -278,10 +288,30 @@ def _run_child(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     return server.run_child("bench.pipeline", kind, *map(str, counts), timeout=900)
 
 
+def _instructions(kind: str, options: argparse.Namespace) -> int:
+    """Instructions per frame of ``kind``: two runs under cachegrind, ``--steps``
+    and a sixth of it, differenced, so that start-up and set-up cancel out."""
+    counts = []
+    for steps in (max(1, options.steps // 6), options.steps):
+        with tempfile.NamedTemporaryFile(suffix=".cachegrind") as out:
+            wrapper = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                       f"--cachegrind-out-file={out.name}"]  # fmt: skip
+            measured = server.run_child(
+                "bench.pipeline", kind, str(options.streams), str(steps),
+                str(options.work_yields), timeout=3600, wrapper=wrapper,
+            )  # fmt: skip
+            summary = Path(out.name).read_text().rsplit("summary:", 1)[1]
+        counts.append((int(summary.split()[0]), measured["frames"]))
+    (few, few_frames), (many, many_frames) = counts
+    return round((many - few) / max(1, int(many_frames) - int(few_frames)))
+
+
 async def run(options: argparse.Namespace) -> report.Result:
     """The pipeline scenario."""
     if min(options.streams, options.steps, options.repeat) < 1 or options.work_yields < 0:
         raise SystemExit("--streams, --steps and --repeat must be >= 1, --work-yields >= 0")
+    if options.instructions and shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     failures: list[str] = []
     for round_number in range(options.repeat):
@@ -300,11 +330,18 @@ async def run(options: argparse.Namespace) -> report.Result:
                 )
             runs[kind].append(measured)
     per = {kind: statistics.median(m["cpu_us_per_frame"] for m in runs[kind]) for kind in KINDS}
+    instructions: dict[str, int] = {}
+    if options.instructions:
+        for kind in KINDS:
+            instructions[kind] = await trio.to_thread.run_sync(_instructions, kind, options)
+            print(f"[pipeline] {kind:8s} {instructions[kind]:,} instructions per frame",
+                  file=sys.stderr)  # fmt: skip
     metrics = {
         "cpu_us_per_frame": {kind: round(per[kind], 2) for kind in KINDS},
         "trio_handoff_us_per_frame": round(per["handoff"] - per["bare"], 2),
         "hotel_code_us_per_frame": round(per["real"] - per["handoff"], 2),
         "real_over_bare_ratio": report.ratio(per["real"], per["bare"]),
+        "instructions_per_frame": instructions or None,
         "handoff_over_bare_ratio": report.ratio(per["handoff"], per["bare"]),
         "runs": runs,
     }

@@ -24,7 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,25 @@ def proc_cpu_seconds(pid: int) -> float:
         return 0.0
     fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def proc_wakeups(pid: int) -> int:
+    """Times a process's threads gave up the CPU to wait (voluntary context
+    switches), so far: each is a sleep and a wake-up (0 if it is gone)."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
 
 
 def proc_rss_bytes(pid: int) -> int:
@@ -439,10 +458,13 @@ async def target(
                 await server.stop()
 
 
-def run_child(module: str, *args: str, timeout: float = 600) -> dict[str, Any]:
+def run_child(
+    module: str, *args: str, timeout: float = 600, wrapper: Sequence[str] = ()
+) -> dict[str, Any]:
     """Run ``python -m <module> <args>`` in a fresh interpreter (so that no
     measurement reuses memory or caches another left) and return the JSON object
-    its last line of output printed.
+    its last line of output printed. ``wrapper`` goes before the interpreter
+    (a ``valgrind`` command line, say).
 
     Raises:
         RuntimeError: the child failed (its stderr's end is in the message).
@@ -450,7 +472,7 @@ def run_child(module: str, *args: str, timeout: float = 600) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     done = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [*wrapper, sys.executable, "-m", module, *args],
         capture_output=True, text=True, env=env, timeout=timeout, check=False,
     )  # fmt: skip
     if done.returncode != 0:
