@@ -192,7 +192,7 @@ class Hotel:
 
     async def _metronome(self, *, task_status: trio.TaskStatus[None]) -> None:
         await pace.metronome(
-            [self.turns.pace, self.door_turns.pace], tick_seconds=self.settings.pace_tick_seconds,
+            [self.turns, self.door_turns], tick_seconds=self.settings.pace_tick_seconds,
             watched=lambda: self.sessions > 0, held=housekeeping.pauses.held,
             task_status=task_status,
         )  # fmt: skip

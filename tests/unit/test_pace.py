@@ -33,9 +33,8 @@ def admit_steadily(desk: pace.Pace, per_second: int, seconds: float, start: floa
 
 def test_the_desk_is_open_until_the_loop_runs_late() -> None:
     desk = make()
-    now = admit_steadily(desk, 100, 3.0)
+    admit_steadily(desk, 100, 3.0)
     assert desk.rate is None
-    assert desk.wait(now) == 0.0
     assert desk.demand == pytest.approx(100, rel=0.15)
 
 
@@ -88,24 +87,45 @@ def test_on_time_ticks_regain_the_rate_then_open_the_desk() -> None:
         now += 0.05
         desk.observe(now, 0.0, 0.05, watched=True)
         assert now < 5
-    assert desk.wait(now) == 0.0
 
 
-def test_a_paced_desk_spaces_tickets_by_its_rate() -> None:
-    desk = make()
-    desk.rate = 10.0
-    desk.admit(3.0)
-    assert desk.wait(3.0) == pytest.approx(0.1)
-    assert desk.wait(3.04) == pytest.approx(0.06)
-    assert desk.wait(3.1) == 0.0
+async def test_a_paced_line_lets_newcomers_in_by_the_group_each_tick() -> None:
+    turns = pace.Turns(make(), 0.05)
+    turns.pace.rate = 70.0  # 3.5 turns a tick
+    assert turns.take_nowait()  # the one turn an open desk keeps: straight in after a cut
+    assert not turns.take_nowait()
+    turns.grant(0.05)
+    assert [turns.take_nowait() for _ in range(4)] == [True, True, True, False]
+    turns.grant(0.05)  # the half turn left over, and this tick's 3.5
+    assert [turns.take_nowait() for _ in range(5)] == [True] * 4 + [False]
+    for _ in range(20):  # a quiet second saves up one turn, no more
+        turns.grant(0.05)
+    assert [turns.take_nowait() for _ in range(5)] == [True] * 4 + [False]
+    turns.pace.rate = 0.5  # slower than a turn a tick: a turn every 40 ticks
+    taken = 0
+    for _ in range(80):
+        turns.grant(0.05)
+        taken += turns.take_nowait()
+    assert taken == 2
+    assert turns.pace.admitted == 14
 
 
-async def test_tickets_take_their_turns_in_order_at_the_rate(
+async def run_metronome(nursery: trio.Nursery, lines: list[pace.Turns], ticks: list[float]) -> None:
+    """A metronome ticking every 50 ms; ``ticks`` gets the time of each tick."""
+
+    def watched() -> bool:
+        ticks.append(trio.current_time())
+        return True
+
+    metronome = functools.partial(pace.metronome, lines, tick_seconds=0.05, watched=watched)
+    await nursery.start(metronome)
+
+
+async def test_waiting_newcomers_go_in_together_at_the_ticks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    desk = make()
-    desk.rate = 4.0
-    turns = pace.Turns(desk, 0.05)
+    turns = pace.Turns(make(target_lag=0.0), 0.05)  # the policy off: the rate set by hand
+    turns.pace.rate = 100.0  # five turns a tick
     entered: list[tuple[int, float]] = []
 
     async def guest(number: int) -> None:
@@ -113,15 +133,88 @@ async def test_tickets_take_their_turns_in_order_at_the_rate(
         entered.append((number, trio.current_time()))
 
     async with trio.open_nursery() as nursery:
-        for number in range(5):
+        start = trio.current_time()
+        await run_metronome(nursery, [turns], [])
+        for number in range(16):
             nursery.start_soon(guest, number)
             await trio.sleep(0)  # arrive in this order
         await trio.sleep(0.01)
-        assert turns.waiting == 4  # the first went straight in
+        assert turns.waiting == 15  # the first went straight in
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    groups: dict[float, set[int]] = {}
+    for number, at in entered:
+        groups.setdefault(round(at - start, 3), set()).add(number)
+    # In order of arrival, a group per tick (trio runs a group in any order).
+    assert groups == {0.0: {0}, 0.05: {1, 2, 3, 4, 5}, 0.1: {6, 7, 8, 9, 10},
+                      0.15: {11, 12, 13, 14, 15}}  # fmt: skip
+
+
+async def test_tickets_take_their_turns_in_order_at_the_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turns = pace.Turns(make(target_lag=0.0), 0.05)
+    turns.pace.rate = 4.0
+    entered: list[tuple[int, float]] = []
+
+    async def guest(number: int) -> None:
+        await turns.take()
+        entered.append((number, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        await run_metronome(nursery, [turns], [])
+        async with trio.open_nursery() as guests:
+            for number in range(5):
+                guests.start_soon(guest, number)
+                await trio.sleep(0)  # arrive in this order
+            await trio.sleep(0.01)
+            assert turns.waiting == 4  # the first went straight in
+        nursery.cancel_scope.cancel()
     assert [number for number, _ in entered] == [0, 1, 2, 3, 4]
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(entered)]
     assert gaps == pytest.approx([0.25] * 4, abs=0.051)
     assert turns.waiting == 0
+
+
+async def test_a_newcomer_cancelled_in_line_leaves_it_without_a_turn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turns = pace.Turns(make(), 0.05)
+    turns.pace.rate = 20.0
+    assert turns.take_nowait()
+    with trio.move_on_after(0.01):
+        await turns.take()
+    assert turns.waiting == 0
+    turns.grant(0.05)  # the turn it would have had is the next newcomer's
+    assert turns.take_nowait()
+    assert turns.pace.admitted == 2
+
+
+async def test_the_metronome_rests_while_nobody_comes_and_a_newcomer_wakes_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turns = pace.Turns(make(target_lag=0.0), 0.05)  # the rate only changes by hand
+    ticks: list[float] = []
+    async with trio.open_nursery() as nursery:
+        await run_metronome(nursery, [turns], ticks)
+        await trio.sleep(5.0)  # nobody came: no tick at all
+        assert ticks == []
+        await turns.take()  # a newcomer: ticks from now on
+        arrived = trio.current_time()
+        await trio.sleep(0.5)
+        assert len(ticks) == 10
+        assert ticks[0] == pytest.approx(arrived + 0.05)
+        await trio.sleep(pace.QUIET_SECONDS + 2.0)  # quiet again: rests
+        last = ticks[-1]
+        assert last - arrived <= pace.QUIET_SECONDS + 0.1
+        turns.pace.rate = 5.0  # a cut pace keeps the metronome ticking
+        await turns.take()
+        woke = trio.current_time()
+        await trio.sleep(2.99)
+        assert len([tick for tick in ticks if tick > woke]) == 59
+        nursery.cancel_scope.cancel()
+    assert turns.pace.lag == pytest.approx(0.0, abs=1e-9)  # no tick was ever late
+    assert turns.pace.demand < 1.0  # the spells at rest count as seconds with nobody in
 
 
 async def test_an_open_desk_lets_tickets_straight_in(
@@ -143,26 +236,33 @@ async def test_a_turn_is_taken_at_once_only_while_nobody_is_held_back(
     turns = pace.Turns(make(), 0.05)
     assert turns.take_nowait()  # open, nobody in line
     assert turns.pace.admitted == 1
-    turns.pace.rate = 4.0  # paced: the turn must be waited for
-    assert not turns.take_nowait()
-    assert turns.pace.admitted == 1
-    turns.pace.rate = None
-    async with turns._line:  # someone is in line ahead
-        assert not turns.take_nowait()
+    turns.pace.rate = 4.0  # paced: the desk's one kept turn, then a wait
     assert turns.take_nowait()
+    assert not turns.take_nowait()
+    assert turns.pace.admitted == 2
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(turns.take)
+        await trio.sleep(0.01)
+        turns.pace.rate = None  # open, but someone is in line ahead
+        assert not turns.take_nowait()
+        turns.grant(0.05)  # the next tick lets the whole line in
+    assert turns.waiting == 0
+    assert turns.take_nowait()
+    assert turns.pace.admitted == 4
 
 
 async def test_the_metronome_hears_a_long_batch_as_lag(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     desk = make(backoff=0.5, min_rate=1.0)
+    turns = pace.Turns(desk, 0.05)
     watched = True
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            functools.partial(pace.metronome, [desk], tick_seconds=0.05, watched=lambda: watched)
+            functools.partial(pace.metronome, [turns], tick_seconds=0.05, watched=lambda: watched)
         )
         for _ in range(20):  # 0.4 s of 50 admissions a second, the loop on time
-            desk.admit(trio.current_time())
+            assert turns.take_nowait()
             await trio.sleep(0.02)
         assert desk.rate is None
         assert desk.lag < 0.005
@@ -183,6 +283,7 @@ async def test_the_metronome_does_not_count_a_collectors_pause_as_lag(
     # it: no late tick, no cut. Half of it: the rest is still lag.
     for share, late in ((1.0, 0), (0.5, 1)):
         desk = make(backoff=0.5, min_rate=1.0)
+        turns = pace.Turns(desk, 0.05)
         spans: list[tuple[float, float]] = []
 
         def held(start: float, end: float, share: float = share, spans: list[Any] = spans) -> float:
@@ -190,12 +291,12 @@ async def test_the_metronome_does_not_count_a_collectors_pause_as_lag(
             return share * (end - start)
 
         metronome = functools.partial(
-            pace.metronome, [desk], tick_seconds=0.05, watched=lambda: True, held=held
+            pace.metronome, [turns], tick_seconds=0.05, watched=lambda: True, held=held
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(metronome)
             for _ in range(10):
-                desk.admit(trio.current_time())
+                assert turns.take_nowait()
                 await trio.sleep(0.02)
             await trio.sleep(0.01)
             autojump_clock.jump(0.08)
