@@ -9,9 +9,11 @@ made. Each frame is checked as it arrives: the first frame of a connection must
 be a snapshot, seqs must strictly increase within a connection (equal is a
 duplicate, lower is out of order, a jump is a gap: events lost), a resumed
 connection's snapshot must not go back, and exactly one terminal event must
-come, last. A progress frame's latency is the receipt wall clock minus its
-``at`` (set by the butler when it handled the report; ISO with milliseconds,
-truncated, so a latency reads up to 1 ms high).
+come, last. A progress frame's latency is its receipt minus its ``at`` (set by
+the butler when it handled the report; ISO with milliseconds, truncated, so a
+latency reads up to 1 ms high). The receipt is the kernel's receive time of
+the frame's bytes on the watcher's socket (receipt.py), not the moment this
+process, which hosts every watcher, got round to reading it.
 
 ``Sampler`` records the server's RSS, CPU and ``/stats`` counters twice a
 second for the plot; ``status_lines`` prints one line a second to stderr.
@@ -38,7 +40,7 @@ import trio
 import trio_websocket
 import wsproto.utilities
 
-from bench import httpclient, server
+from bench import httpclient, receipt, server
 from grandhotel import housekeeping
 
 TERMINAL_KINDS: Final = frozenset({"completed", "failed", "cancelled"})
@@ -74,6 +76,9 @@ class Tally:
     client_protocol_errors: int = 0
     dropped_on_purpose: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
+    read_delays_ms: list[float] = dataclasses.field(default_factory=list)
+    """Per progress frame (in the order of the latencies): the driver's read
+    minus the frame's receipt, its own queueing (receipt.py)."""
     _connected: trio.lowlevel.ParkingLot = dataclasses.field(
         default_factory=trio.lowlevel.ParkingLot, repr=False
     )
@@ -174,8 +179,14 @@ def take(
     latencies: list[float],
     *,
     allow_coalescing: bool = False,
+    read: float | None = None,
+    read_delays: list[float] | None = None,
 ) -> None:
-    """Check one frame against the stream so far and record it."""
+    """Check one frame against the stream so far and record it.
+
+    ``received`` is the frame's receipt; ``read``, when given, when the driver
+    read it: their difference goes to ``read_delays`` beside each latency.
+    """
     seq = event.get("seq")
     if seq is None:  # pong, error: unnumbered
         return
@@ -217,8 +228,18 @@ def take(
         at = event.get("at")
         if isinstance(at, str):
             latencies.append((received - parse_at(at)) * 1000.0)
+            if read_delays is not None and read is not None:
+                read_delays.append((read - received) * 1000.0)
     elif kind in TERMINAL_KINDS:
         _end(stream, str(kind), received)
+
+
+def at_read(latencies: list[float], read_delays: list[float]) -> list[float]:
+    """The latencies as of the driver's reads (each plus its read delay), as
+    measured before receipts were stamped; empty if the two do not pair up."""
+    if len(latencies) != len(read_delays):
+        return []
+    return [latency + delay for latency, delay in zip(latencies, read_delays, strict=True)]
 
 
 def _end(stream: Stream, kind: str, received: float) -> None:
@@ -289,6 +310,7 @@ async def watch(
                 target = url
             try:
                 async with trio_websocket.open_websocket_url(target, extra_headers=headers) as ws:
+                    stamped = receipt.stamp(ws)
                     tries = 0
                     stream.connections += 1
                     tally.connected()
@@ -297,7 +319,7 @@ async def watch(
                     tally.watching += 1
                     try:
                         code = await _read(
-                            ws, stream, conn, tally, latencies, chaos, allow_coalescing
+                            ws, stamped, stream, conn, tally, latencies, chaos, allow_coalescing
                         )
                     finally:
                         tally.watching -= 1
@@ -336,6 +358,7 @@ async def watch(
 
 async def _read(
     ws: trio_websocket.WebSocketConnection,
+    stamped: receipt.StampedStream | None,
     stream: Stream,
     conn: Connection,
     tally: Tally,
@@ -349,13 +372,17 @@ async def _read(
             message = await ws.get_message()
         except trio_websocket.ConnectionClosed as closed:
             return closed.reason.code if closed.reason is not None else None
-        received = time.time()
+        read = time.time()
+        received = receipt.receipt(stamped, read)
         event = json.loads(message)
         if DROP_EVERY and event.get("type") == "progress":
             tally.dropped_on_purpose += 1
             if tally.dropped_on_purpose % DROP_EVERY == 0:
                 continue
-        take(stream, conn, event, received, latencies, allow_coalescing=allow_coalescing)
+        take(
+            stream, conn, event, received, latencies, allow_coalescing=allow_coalescing,
+            read=read, read_delays=tally.read_delays_ms,
+        )  # fmt: skip
         tally.frames += 1
         if event.get("type") == "progress":
             tally.progress += 1

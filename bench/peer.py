@@ -301,6 +301,7 @@ async def run(options: argparse.Namespace) -> report.Result:
         g_p50 = g["progress_latency_ms"]["p50"]
         metrics["grandhotel"] = {
             "progress_latency_ms": g["progress_latency_ms"],
+            "progress_latency_at_read_ms": g["progress_latency_at_read_ms"],
             "pickup_latency_ms": g["pickup_latency_ms"],
             "server_cpu_seconds": g["server"]["cpu_seconds"],
             "postgres_cpu_seconds": g["postgres_cpu_seconds"],

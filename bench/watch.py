@@ -360,6 +360,10 @@ def summarise(run: Run, *, tickets: int, steps: int, interval: float) -> dict[st
         "pickup_latency_ms": report.summary(run.pickup_ms),
         "claim_statements": run.claim_statements,
         "progress_latency_ms": report.summary(run.latencies),
+        "progress_latency_at_read_ms": report.summary(
+            driver.at_read(run.latencies, run.tally.read_delays_ms)
+        ),
+        "driver_read_delay_ms": report.summary(run.tally.read_delays_ms),
         "first_frame_ms": report.summary(
             (s.first_frame - s.created) * 1000.0
             for s in run.streams
