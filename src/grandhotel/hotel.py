@@ -94,6 +94,7 @@ class Hotel:
         self.settings = settings
         self.catalogue = catalogue or default_catalogue(settings)
         rng = rng or random.Random()
+        self.rng = rng
         self.pool = pool.Pool(
             settings.database_url, size=settings.pool_size,
             connect_timeout_seconds=settings.connect_timeout_seconds,
@@ -193,7 +194,7 @@ class Hotel:
     async def _metronome(self, *, task_status: trio.TaskStatus[None]) -> None:
         await pace.metronome(
             [self.turns, self.door_turns], tick_seconds=self.settings.pace_tick_seconds,
-            watched=lambda: self.sessions > 0, held=housekeeping.pauses.held,
+            watched=lambda: self.sessions > 0, held=housekeeping.pauses.held, rng=self.rng,
             task_status=task_status,
         )  # fmt: skip
 

@@ -31,14 +31,17 @@ their steps falling due together). A newcomer waiting for its turn waits in
 order, up to ``intake_wait_seconds``, then gets a 503 with ``Retry-After``
 (the line ahead of it at the current rate).
 
-While nobody arrives and the pace is open, the metronome rests; the next
-newcomer wakes it.
+The metronome's ticks are jittered: at even ticks, the groups it lets in (and
+their steps, a whole number of seconds later) would run just after a tick
+every time, and it would measure only the quiet moments in between. While
+nobody arrives and the pace is open, it rests; the next newcomer wakes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +56,10 @@ MIN_RATE = 0.01
 """A floor under any rate (the config requires positive ones; this guards the division)."""
 QUIET_SECONDS = 1.0
 """With nobody in for this long (and the pace open), the metronome rests."""
+TICK_JITTER = 0.5
+"""The metronome's waits vary by this share of ``pace_tick_seconds`` either way,
+so that it samples the loop at random moments, not in step with what it lets in."""
+_JITTERED = (1.0 - TICK_JITTER, 1.0 + TICK_JITTER)
 RETRY_AFTER_MAX_SECONDS = 30
 
 
@@ -150,10 +157,17 @@ async def metronome(
     tick_seconds: float,
     watched: Callable[[], bool],
     held: Callable[[float, float], float] = lambda start, end: 0.0,
+    rng: random.Random | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Measure the loop's lag every ``tick_seconds``, tell each line's pace and
     hand out the line's turns, until cancelled.
+
+    With ``rng``, each wait is drawn from ``tick_seconds`` +- ``TICK_JITTER``:
+    the groups let in at a tick, and their steps a whole number of seconds
+    later, would otherwise start right after a tick, every time, and the next
+    tick would find the loop on time for the very reason that the work it
+    paces keeps out of its way (bench/README.md, eighth round).
 
     ``held(start, end)`` says how many seconds of that span (``time.perf_counter``)
     the garbage collector held the loop: that much of a late wake-up is not the
@@ -175,10 +189,11 @@ async def metronome(
             for line in lines:  # the spell at rest: nobody came but the one who rang
                 line.pace.observe(now, 0.0, now - before, watched=False)
             before = now
-        await trio.sleep(tick_seconds)
+        asked = tick_seconds if rng is None else tick_seconds * rng.uniform(*_JITTERED)
+        await trio.sleep(asked)
         now, woke = trio.current_time(), time.perf_counter()
         elapsed = now - before
-        late = max(0.0, elapsed - tick_seconds)
+        late = max(0.0, elapsed - asked)
         lag, busy = max(0.0, late - held(woke - late, woke)), watched()
         for line in lines:
             line.pace.observe(now, lag, elapsed, watched=busy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import random
 from typing import Any
 
 import pytest
@@ -215,6 +216,45 @@ async def test_the_metronome_rests_while_nobody_comes_and_a_newcomer_wakes_it(
         nursery.cancel_scope.cancel()
     assert turns.pace.lag == pytest.approx(0.0, abs=1e-9)  # no tick was ever late
     assert turns.pace.demand < 1.0  # the spells at rest count as seconds with nobody in
+
+
+async def test_a_jittered_metronome_ticks_at_random_moments_without_hearing_lag(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turns = pace.Turns(make(target_lag=0.0), 0.05)
+    turns.pace.rate = 20.0  # paced by hand: 20 newcomers a second
+    ticks: list[float] = []
+
+    def watched() -> bool:
+        ticks.append(trio.current_time())
+        return True
+
+    lateness: list[float] = []
+
+    def held(start: float, end: float) -> float:
+        lateness.append(end - start)  # how late the tick woke
+        return 0.0
+
+    metronome = functools.partial(
+        pace.metronome, [turns], tick_seconds=0.05, watched=watched, held=held,
+        rng=random.Random(7),
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(metronome)
+        for _ in range(300):  # a crowd waits for its turns
+            nursery.start_soon(turns.take)
+        await trio.sleep(10.0 - 0.001)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    low, high = 0.05 * (1 - pace.TICK_JITTER), 0.05 * (1 + pace.TICK_JITTER)
+    assert all(low - 1e-9 <= gap <= high + 1e-9 for gap in gaps)
+    assert max(gaps) - min(gaps) > 0.04  # spread over the range, not one period
+    assert sum(gaps) / len(gaps) == pytest.approx(0.05, rel=0.05)
+    assert len(lateness) == len(ticks)
+    assert max(lateness) < 1e-6  # a longer wait asked for is not lag
+    # The turns follow the time that passed, whatever each wait was: the one
+    # kept turn, then 20 a second.
+    assert turns.pace.admitted == pytest.approx(1 + 20 * (ticks[-1] - ticks[0] + gaps[0]), abs=1)
 
 
 async def test_an_open_desk_lets_tickets_straight_in(
