@@ -15,12 +15,19 @@ laundry is told not to claim (``GRANDHOTEL_QUEUE_LIMITS=default=0``, unless
 PostgreSQL share the machine's cores with the server, so their CPU is reported
 too.
 
-The first pair goes bare first, the next real first, and so on; the target is
+By default (``--together``) a pair's two sides run at the same time, each on
+a server of its own: two ``grandhotel serve`` processes started alike, which
+swap sides every round, as ``fanout`` does. On this shared machine the speed of
+the whole machine drifts over tens of seconds with a neighbour's load: one
+after the other on one server (``--no-together``, always so with ``--url``),
+single pairs of one run ranged from 0.70 to 1.0 x, and the bare side's own rate
+from 833 to 1,493 requests/s between windows a minute apart. Run together, the
+two sides share whatever the machine gives: the two servers take turns on the
+same cores, so each side's rate is what its own CPU per request allows of an
+equal share, which is what the ratio is meant to compare. (PostgreSQL's work
+for the real side is then shared by both servers' cores; with a spare core
+one after the other, it mostly ran beside the server instead.) The target is
 the median of the pairs' rate ratios (the pooled ratio is reported beside it).
-On a shared machine the speed of the whole machine drifts over tens of seconds
-with a neighbour's load: at one commit single pairs ranged from 0.72 to 0.87 x,
-and the bare side's own rate from 2,165 to 2,615 requests/s between windows a
-minute apart. Alternating the order cancels a steady drift, the median a burst.
 """
 
 from __future__ import annotations
@@ -35,13 +42,27 @@ import trio
 
 from bench import driver, httpclient, report, server
 
+BARE = "/_bench/tickets"
+REAL = "/tickets"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The intake scenario's options."""
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per side")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="bare/real pairs, alternating which goes first"
+        "--rounds",
+        type=int,
+        default=5,
+        help="bare/real pairs, swapping the servers (or, --no-together, which side goes first)",
+    )
+    parser.add_argument(
+        "--together",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each pair's two sides at the same time on two servers started alike, "
+        "swapping them every round (default); --no-together: one after the other on one "
+        "server (always so with --url)",
     )
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections")
     parser.add_argument(
@@ -187,6 +208,23 @@ async def measure(
     )
 
 
+Driven = tuple[server.Target, httpclient.Client]
+
+
+async def _together(pair: tuple[Driven, Driven], options: argparse.Namespace,
+                    tally: driver.Tally) -> tuple[Window, Window]:  # fmt: skip
+    """One pair's two sides at the same time: bare on ``pair[0]``, real on ``pair[1]``."""
+    windows: dict[str, Window] = {}
+
+    async def side(path: str, target: server.Target, client: httpclient.Client) -> None:
+        windows[path] = await measure(client, target, path, options, tally)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, BARE, *pair[0])
+        nursery.start_soon(side, REAL, *pair[1])
+    return windows[BARE], windows[REAL]
+
+
 def _combine(windows: list[Window]) -> Window:
     return Window(
         path=windows[0].path,
@@ -205,6 +243,57 @@ def _combine(windows: list[Window]) -> Window:
     )
 
 
+async def _run_together(
+    options: argparse.Namespace, env: dict[str, Any], tally: driver.Tally,
+    bare: list[Window], real: list[Window],
+) -> list[str]:  # fmt: skip
+    """Every pair at the same time on two servers; the deaths of either."""
+    second_log = options.log_path.with_name(options.log_path.stem + "-2.log")
+    async with (
+        server.target_for(options, env) as first,
+        server.target(
+            url=None, admin_url=options.admin_url, env=env, profile=options.profile,
+            log_path=second_log,
+        ) as second,
+        httpclient.make(options.http_client, first.base_url, options.concurrency) as one,
+        httpclient.make(options.http_client, second.base_url, options.concurrency) as two,
+    ):  # fmt: skip
+
+        async def body() -> None:
+            for number in range(options.rounds):
+                # Swapping the servers every round cancels what differs between
+                # the two processes (memory layout, the tickets each holds).
+                pair = ((first, one), (second, two))
+                x, y = await _together(pair if number % 2 == 0 else pair[::-1], options, tally)
+                bare.append(x)
+                real.append(y)
+
+        await driver.with_status(body, tally, driver.Sampler(first, tally, None), "intake ")
+        return [t.death for t in (first, second) if t.death]
+
+
+async def _run_in_turns(
+    options: argparse.Namespace, env: dict[str, Any], tally: driver.Tally,
+    bare: list[Window], real: list[Window],
+) -> list[str]:  # fmt: skip
+    """Every pair one side after the other on one server; its death, if it died."""
+    async with (
+        server.target_for(options, env) as target,
+        httpclient.make(options.http_client, target.base_url, options.concurrency) as client,
+    ):
+
+        async def body() -> None:
+            for number in range(options.rounds):
+                # Alternating which side goes first cancels a steady drift of the
+                # machine's speed (a neighbour's load) out of the median ratio.
+                sides = [(bare, BARE), (real, REAL)]
+                for windows, path in sides if number % 2 == 0 else reversed(sides):
+                    windows.append(await measure(client, target, path, options, tally))
+
+        await driver.with_status(body, tally, driver.Sampler(target, tally, None), "intake ")
+        return [target.death] if target.death else []
+
+
 async def run(options: argparse.Namespace) -> report.Result:
     """The intake scenario."""
     options.rounds = max(1, options.rounds)
@@ -219,19 +308,11 @@ async def run(options: argparse.Namespace) -> report.Result:
     tally = driver.Tally()
     bare: list[Window] = []
     real: list[Window] = []
-    async with (
-        server.target_for(options, env) as target,
-        httpclient.make(options.http_client, target.base_url, options.concurrency) as client,
-    ):
-
-        async def body() -> None:
-            for number in range(options.rounds):
-                sides = [(bare, "/_bench/tickets"), (real, "/tickets")]
-                for windows, path in sides if number % 2 == 0 else reversed(sides):
-                    windows.append(await measure(client, target, path, options, tally))
-
-        sampler = driver.Sampler(target, tally, None)
-        await driver.with_status(body, tally, sampler, "intake ")
+    together = options.together and not options.url
+    if together:
+        deaths = await _run_together(options, env, tally, bare, real)
+    else:
+        deaths = await _run_in_turns(options, env, tally, bare, real)
     b, r = _combine(bare), _combine(real)
     bm, rm = b.metrics(), r.metrics()
     pairs = [(x.metrics(), y.metrics()) for x, y in zip(bare, real, strict=True)]
@@ -244,6 +325,7 @@ async def run(options: argparse.Namespace) -> report.Result:
     ]
     rate_ratio = report.median_ratio(rate_ratios)
     metrics = {
+        "together": together,
         "bare": bm,
         "real": rm,
         "rate_ratio_real_over_bare": rate_ratio,
@@ -256,7 +338,11 @@ async def run(options: argparse.Namespace) -> report.Result:
         ),
         "rounds": [
             {
-                "first": "bare" if number % 2 == 0 else "real",
+                ("bare_on" if together else "first"): (
+                    ("first server" if number % 2 == 0 else "second server")
+                    if together
+                    else ("bare" if number % 2 == 0 else "real")
+                ),
                 "bare_rps": x["requests_per_second"],
                 "real_rps": y["requests_per_second"],
                 "rate_ratio": rate,
@@ -267,7 +353,7 @@ async def run(options: argparse.Namespace) -> report.Result:
             )
         ],
     }
-    failures = [target.death] if target.death else []
+    failures = list(deaths)
     if not r.created or not b.created:
         failures.append("a side created nothing")
     failures += [f"driver error: {e}" for e in tally.errors[:10]]
@@ -277,6 +363,7 @@ async def run(options: argparse.Namespace) -> report.Result:
             "seconds_per_side": options.seconds,
             "warmup_seconds": options.warmup,
             "rounds": options.rounds,
+            "together": together,
             "concurrency": options.concurrency,
             "pool_size": options.pool_size,
             "http_client": options.http_client,
@@ -291,8 +378,8 @@ async def run(options: argparse.Namespace) -> report.Result:
         ],
         failures=failures,
         latencies_ms={
-            "bare POST /_bench/tickets": b.latencies_ms,
-            "real POST /tickets": r.latencies_ms,
+            f"bare POST {BARE}": b.latencies_ms,
+            f"real POST {REAL}": r.latencies_ms,
         },
         postgres_url=options.admin_url,
     )
