@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import trio
 
-from grandhotel import config, embedded, guest, hotel, housekeeping
+from grandhotel import config, doorman, embedded, guest, hotel, housekeeping
 from grandhotel.safe import vault
 
 logger = logging.getLogger("grandhotel")
@@ -137,12 +137,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _database(settings) as ready:
             trio.run(_serve if options.command == "serve" else _migrate, ready)
     except* (ValueError, embedded.EmbeddedUnavailable) as group:
-        print(f"grandhotel: {group.exceptions[0]}", file=sys.stderr)
+        print(f"grandhotel: {_first(group)}", file=sys.stderr)
         code = 2
     except* vault.SafeUnavailable as group:
-        print(f"grandhotel: cannot reach the database: {group.exceptions[0]}", file=sys.stderr)
+        print(f"grandhotel: cannot reach the database: {_first(group)}", file=sys.stderr)
         code = 3
+    except* doorman.CannotListen as group:
+        print(f"grandhotel: {_first(group)}", file=sys.stderr)
+        code = 4
     return code
+
+
+def _first(group: BaseExceptionGroup[Exception]) -> BaseException:
+    """The first error of a group, however deep the nurseries nested it."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 if __name__ == "__main__":

@@ -56,6 +56,12 @@ logger = logging.getLogger(__name__)
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() errors that mean "the process is full": wait and try again."""
 RESOURCES_PAUSE_SECONDS = 0.1
+
+
+class CannotListen(Exception):
+    """The hotel cannot listen on its address (taken, not this machine's, not allowed)."""
+
+
 GONE_BEFORE_ACCEPT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 """accept() errors about one connection that left before it was taken: skip it."""
 
@@ -83,7 +89,11 @@ async def serve(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         shared = state.copy()  # what the lifespan put there, as hypercorn hands it on
-        sockets = hc.create_sockets().insecure_sockets
+        try:
+            sockets = hc.create_sockets().insecure_sockets
+        except OSError as ex:
+            where = ", ".join(hc.bind)
+            raise CannotListen(f"cannot listen on {where}: {ex.strerror or ex}") from ex
         binds = []
         for sock in sockets:
             sock.listen(hc.backlog)
