@@ -628,6 +628,24 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--rounds`` and ``--together`` (the scenarios that compare a bare side and a real one)."""
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="bare/real pairs, swapping the servers (or, --no-together, which side goes first)",
+    )
+    parser.add_argument(
+        "--together",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each pair's two sides at the same time on two servers started alike, "
+        "swapping them every round (default); --no-together: one after the other on one "
+        "server (always so with --url)",
+    )
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """``--url`` and friends (shared by the scenarios that drive a server)."""
     parser.add_argument(

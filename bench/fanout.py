@@ -52,20 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--watchers-per-ticket", type=int, default=1, help="real side: watchers of each ticket"
     )
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections (intake)")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=5,
-        help="bare/real pairs, swapping the servers (or, --no-together, which side goes first)",
-    )
-    parser.add_argument(
-        "--together",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run each pair's two sides at the same time on two servers started alike, "
-        "swapping them every round (default); --no-together: one after the other on one "
-        "server (always so with --url)",
-    )
+    driver.add_pair_arguments(parser)
     driver.add_target_arguments(parser)
 
 
@@ -342,13 +329,7 @@ async def run(options: argparse.Namespace) -> report.Result:
     together = options.together and not options.url
     deaths: list[str] = []
     if together:
-        async with (
-            server.target_for(options, env) as first,
-            server.target(
-                url=None, admin_url=options.admin_url, env=env, profile=options.profile,
-                log_path=options.log_path.with_name(options.log_path.stem + "-2.log"),
-            ) as second,
-        ):  # fmt: skip
+        async with server.pair_for(options, env) as (first, second):
             for number in range(options.rounds):
                 # Swapping the servers every round cancels what differs between
                 # the two processes (memory layout, the core each ran on most).

@@ -50,20 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The intake scenario's options."""
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per side")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=5,
-        help="bare/real pairs, swapping the servers (or, --no-together, which side goes first)",
-    )
-    parser.add_argument(
-        "--together",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run each pair's two sides at the same time on two servers started alike, "
-        "swapping them every round (default); --no-together: one after the other on one "
-        "server (always so with --url)",
-    )
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP connections")
     parser.add_argument(
         "--pool-size", type=int, default=20, help="the server's GRANDHOTEL_POOL_SIZE"
@@ -73,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let the laundry claim and run the jobs (1 step each) during the measurement",
     )
+    driver.add_pair_arguments(parser)
     driver.add_target_arguments(parser)
 
 
@@ -248,16 +235,11 @@ async def _run_together(
     bare: list[Window], real: list[Window],
 ) -> list[str]:  # fmt: skip
     """Every pair at the same time on two servers; the deaths of either."""
-    second_log = options.log_path.with_name(options.log_path.stem + "-2.log")
     async with (
-        server.target_for(options, env) as first,
-        server.target(
-            url=None, admin_url=options.admin_url, env=env, profile=options.profile,
-            log_path=second_log,
-        ) as second,
+        server.pair_for(options, env) as (first, second),
         httpclient.make(options.http_client, first.base_url, options.concurrency) as one,
         httpclient.make(options.http_client, second.base_url, options.concurrency) as two,
-    ):  # fmt: skip
+    ):
 
         async def body() -> None:
             for number in range(options.rounds):

@@ -399,6 +399,21 @@ def summarise_profile(raw: Path, top: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.asynccontextmanager
+async def pair_for(options: Any, env: Mapping[str, Any]) -> AsyncIterator[tuple[Target, Target]]:
+    """Two servers started alike, each on a fresh database, for a pair's two sides
+    at the same time; the second logs beside the first (``-2.log``)."""
+    second_log = options.log_path.with_name(options.log_path.stem + "-2.log")
+    async with (
+        target_for(options, env) as first,
+        target(
+            url=None, admin_url=options.admin_url, env=env, profile=options.profile,
+            log_path=second_log,
+        ) as second,
+    ):  # fmt: skip
+        yield first, second
+
+
 def target_for(
     options: Any, env: Mapping[str, Any]
 ) -> contextlib.AbstractAsyncContextManager[Target]:
