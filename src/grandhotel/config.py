@@ -78,7 +78,9 @@ class HotelConfig:
     tickets so that the frames of running ones stay on time (pace.py); 0 turns
     pacing off."""
     pace_tick_seconds: float = 0.05
-    """How often the loop's lag is measured."""
+    """How often, on average, the loop's lag is measured and a paced desk's turns
+    are handed out (each wait jittered by +-50 %, pace.py); only while newcomers
+    arrive or wait."""
     pace_min_rate: float = 2.0
     """The slowest pace of the desk, in new tickets per second."""
     pace_recovery_per_second: float = 5.0

@@ -73,7 +73,7 @@ def _paced_line(settings: config.HotelConfig, min_rate: float, recovery: float) 
         target_lag=settings.live_lag_target_ms / 1000, min_rate=min_rate, recovery=recovery,
         backoff=settings.pace_backoff, cooldown=settings.pace_cooldown_seconds,
     )  # fmt: skip
-    return pace.Turns(policy, settings.pace_tick_seconds)
+    return pace.Turns(policy)
 
 
 class Hotel:

@@ -227,9 +227,8 @@ class Turns:
     project's VM a wake-up from idle costs ~0.4 ms of CPU: bench/README.md).
     """
 
-    def __init__(self, pace: Pace, tick_seconds: float) -> None:
+    def __init__(self, pace: Pace) -> None:
         self.pace = pace
-        self.tick_seconds = tick_seconds
         self.bell: trio.Event | None = None
         """Rung by the next newcomer while the metronome rests."""
         self._line = trio.lowlevel.ParkingLot()

@@ -85,7 +85,7 @@ async def test_a_paced_door_takes_each_connection_in_its_turn(
     # The policy off (target 0) and the rate set by hand: two connections a second.
     door = pace.Pace(target_lag=0.0, min_rate=1.0, recovery=0.0, backoff=0.5, cooldown=0.5)
     door.rate = 2.0
-    turns = pace.Turns(door, 0.05)
+    turns = pace.Turns(door)
     taken: list[float] = []
     admitted: list[socket.socket] = []
 

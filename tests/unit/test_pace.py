@@ -91,7 +91,7 @@ def test_on_time_ticks_regain_the_rate_then_open_the_desk() -> None:
 
 
 async def test_a_paced_line_lets_newcomers_in_by_the_group_each_tick() -> None:
-    turns = pace.Turns(make(), 0.05)
+    turns = pace.Turns(make())
     turns.pace.rate = 70.0  # 3.5 turns a tick
     assert turns.take_nowait()  # the one turn an open desk keeps: straight in after a cut
     assert not turns.take_nowait()
@@ -125,7 +125,7 @@ async def run_metronome(nursery: trio.Nursery, lines: list[pace.Turns], ticks: l
 async def test_waiting_newcomers_go_in_together_at_the_ticks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    turns = pace.Turns(make(target_lag=0.0), 0.05)  # the policy off: the rate set by hand
+    turns = pace.Turns(make(target_lag=0.0))  # the policy off: the rate set by hand
     turns.pace.rate = 100.0  # five turns a tick
     entered: list[tuple[int, float]] = []
 
@@ -154,7 +154,7 @@ async def test_waiting_newcomers_go_in_together_at_the_ticks(
 async def test_tickets_take_their_turns_in_order_at_the_rate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    turns = pace.Turns(make(target_lag=0.0), 0.05)
+    turns = pace.Turns(make(target_lag=0.0))
     turns.pace.rate = 4.0
     entered: list[tuple[int, float]] = []
 
@@ -180,7 +180,7 @@ async def test_tickets_take_their_turns_in_order_at_the_rate(
 async def test_a_newcomer_cancelled_in_line_leaves_it_without_a_turn(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    turns = pace.Turns(make(), 0.05)
+    turns = pace.Turns(make())
     turns.pace.rate = 20.0
     assert turns.take_nowait()
     with trio.move_on_after(0.01):
@@ -194,7 +194,7 @@ async def test_a_newcomer_cancelled_in_line_leaves_it_without_a_turn(
 async def test_the_metronome_rests_while_nobody_comes_and_a_newcomer_wakes_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    turns = pace.Turns(make(target_lag=0.0), 0.05)  # the rate only changes by hand
+    turns = pace.Turns(make(target_lag=0.0))  # the rate only changes by hand
     ticks: list[float] = []
     async with trio.open_nursery() as nursery:
         await run_metronome(nursery, [turns], ticks)
@@ -221,7 +221,7 @@ async def test_the_metronome_rests_while_nobody_comes_and_a_newcomer_wakes_it(
 async def test_a_jittered_metronome_ticks_at_random_moments_without_hearing_lag(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    turns = pace.Turns(make(target_lag=0.0), 0.05)
+    turns = pace.Turns(make(target_lag=0.0))
     turns.pace.rate = 20.0  # paced by hand: 20 newcomers a second
     ticks: list[float] = []
 
@@ -260,7 +260,7 @@ async def test_a_jittered_metronome_ticks_at_random_moments_without_hearing_lag(
 async def test_an_open_desk_lets_tickets_straight_in(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    turns = pace.Turns(make(), 0.05)
+    turns = pace.Turns(make())
     start = trio.current_time()
     for _ in range(50):
         await turns.take()
@@ -273,7 +273,7 @@ async def test_an_open_desk_lets_tickets_straight_in(
 async def test_a_turn_is_taken_at_once_only_while_nobody_is_held_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    turns = pace.Turns(make(), 0.05)
+    turns = pace.Turns(make())
     assert turns.take_nowait()  # open, nobody in line
     assert turns.pace.admitted == 1
     turns.pace.rate = 4.0  # paced: the desk's one kept turn, then a wait
@@ -295,7 +295,7 @@ async def test_the_metronome_hears_a_long_batch_as_lag(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     desk = make(backoff=0.5, min_rate=1.0)
-    turns = pace.Turns(desk, 0.05)
+    turns = pace.Turns(desk)
     watched = True
     async with trio.open_nursery() as nursery:
         await nursery.start(
@@ -323,7 +323,7 @@ async def test_the_metronome_does_not_count_a_collectors_pause_as_lag(
     # it: no late tick, no cut. Half of it: the rest is still lag.
     for share, late in ((1.0, 0), (0.5, 1)):
         desk = make(backoff=0.5, min_rate=1.0)
-        turns = pace.Turns(desk, 0.05)
+        turns = pace.Turns(desk)
         spans: list[tuple[float, float]] = []
 
         def held(start: float, end: float, share: float = share, spans: list[Any] = spans) -> float:
