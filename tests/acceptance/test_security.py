@@ -360,8 +360,11 @@ async def test_connection_limits(start_hotel: Any, limits: dict[str, int], statu
 
 
 async def test_a_peer_that_stops_answering_pings_is_dropped(start_hotel: Any) -> None:
+    # The idle timeout also bounds the POST below (hypercorn drops a connection
+    # whose client sends nothing for that long, mid-request too): at 0.5 s a
+    # fresh database's first INSERT on a busy CI machine once outlasted it.
     _, base = await start_hotel(
-        ws_ping_interval_seconds=0.1, idle_timeout_seconds=0.5, laundry_step_seconds=600
+        ws_ping_interval_seconds=0.1, idle_timeout_seconds=1.0, laundry_step_seconds=600
     )
     async with httpx.AsyncClient(base_url=base) as client:
         ticket = await create(client)
@@ -370,7 +373,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(start_hotel: Any) ->
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_into, base, ticket, normal)
         silent = await trio.to_thread.run_sync(_silent_peer, port, ticket)
-        with trio.fail_after(3):
+        with trio.fail_after(4):
             assert await trio.to_thread.run_sync(_closed_by_server, silent)
         assert normal.close_code is None  # the live watcher answers pings: still there
         nursery.cancel_scope.cancel()
